@@ -1,0 +1,38 @@
+"""gunicorn settings for comet: ``gunicorn -c conf/gunicorn.conf.py comet.wsgi:application``.
+
+Each value says why; ``python -m comet.tune`` checks the host limits these rely on.
+"""
+
+import os
+
+#: gevent: one greenlet per connection, so one process holds thousands of idle streams.
+worker_class = "gevent"
+
+#: One process: the in-process router only reaches connections of its own process. More
+#: workers need the Redis backplane (not built yet); gunicorn forks them on one shared socket.
+workers = int(os.environ.get("COMET_WORKERS", "1"))
+
+#: Connections per worker: the open-files limit (20,000 here, per process) less ~1,000 files the
+#: process needs for itself. Raise it together with LimitNOFILE / limits.conf.
+worker_connections = int(os.environ.get("COMET_WORKER_CONNECTIONS", "19000"))
+
+#: Same port as ``python -m comet.server``; conf/sysctl.conf reserves it from the ephemeral range.
+bind = os.environ.get("COMET_BIND", "0.0.0.0:8000")
+
+#: Listen backlog; the kernel caps it at net.core.somaxconn (8192 in conf/sysctl.conf).
+backlog = 8192
+
+#: Seconds without a heartbeat from a worker before the arbiter restarts it. The gevent worker
+#: beats from its own greenlet, so long-lived streams do not trip it; a blocked loop does.
+timeout = 30
+
+#: Seconds a stopping worker lets streams finish before it closes them.
+graceful_timeout = 10
+
+#: Keep-alive between requests on non-streaming connections (publish, stats).
+keepalive = 5
+
+if workers > 1 and not os.environ.get("COMET_REDIS"):
+    raise SystemExit(
+        "comet: more than one gunicorn worker needs the Redis backplane (COMET_REDIS); "
+        "without it a message reaches only the connections of the worker that got it")
