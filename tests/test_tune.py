@@ -1,0 +1,321 @@
+"""comet.tune and comet.capacity: the table, --apply, the capacity plan, the refusals.
+
+Sysctls live in a fake /proc/sys tree under tmp_path; the tool runs as a real
+subprocess (``python -m comet.tune --proc-sys DIR``). Open-files limits are the real
+ones, lowered in the child where a test needs them low.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from comet import capacity, tune
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: A host tuned well enough for 1,000 connections on port 8000.
+TUNED = {
+    "fs.file-max": "2466170",
+    "fs.nr_open": "1048576",
+    "net.ipv4.ip_local_port_range": "1024\t65535",
+    "net.ipv4.ip_local_reserved_ports": "8000",
+    "net.core.somaxconn": "8192",
+    "net.ipv4.tcp_max_syn_backlog": "8192",
+    "net.ipv4.tcp_syncookies": "1",
+    "net.core.netdev_max_backlog": "2500",
+    "net.netfilter.nf_conntrack_max": "262144",
+    "net.ipv4.tcp_mem": "287898\t383867\t575796",
+    "net.ipv4.tcp_rmem": "4096\t16384\t33554432",
+    "net.ipv4.tcp_wmem": "4096\t16384\t4194304",
+}
+
+
+def make_tree(root: Path, changes: dict[str, str | None] | None = None) -> Path:
+    """Write TUNED (with changes; None leaves a file out) as a /proc/sys-like tree."""
+    values = {**TUNED, **(changes or {})}
+    for name, value in values.items():
+        if value is not None:
+            path = root / name.replace(".", "/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(value + "\n")
+    return root
+
+
+def run_tune(*args: str, stdin: str = "", nofile: tuple[int, int] | None = None):
+    def lower_limits() -> None:
+        if nofile:
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+    return subprocess.run([sys.executable, "-m", "comet.tune", *args], cwd=REPO, input=stdin,
+                          capture_output=True, text=True, timeout=60, preexec_fn=lower_limits)
+
+
+def verdicts(stdout: str) -> dict[str, str]:
+    """Setting -> verdict, from the table's rows (the verdict is the last word)."""
+    return {line.split()[0]: line.split()[-1] for line in stdout.splitlines()
+            if re.match(r"(fs|net)\.", line)}
+
+
+def tree_values(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()}
+
+
+def test_table_judges_values_below_at_and_above_what_is_needed(tmp_path):
+    root = make_tree(tmp_path, {"net.core.somaxconn": "128",                  # below
+                                "fs.file-max": str(1000 + tune.HOST_FILES),  # exactly needed
+                                "net.ipv4.tcp_rmem": "4096\t131072\t6291456"})
+    result = run_tune("--connections", "1000", "--proc-sys", str(root))
+    seen = verdicts(result.stdout)
+    assert seen["net.core.somaxconn"] == "CHANGE"       # below
+    assert seen["fs.file-max"] == "ok"                  # at
+    assert seen["fs.nr_open"] == "ok"                   # above
+    assert seen["net.ipv4.tcp_rmem"] == "CHANGE"        # initial receive buffer above 16 KiB
+    assert "caps the listen backlog" in result.stdout   # the why, under the row
+    assert result.returncode == 1
+
+
+def test_a_host_tuned_for_n_passes_and_exits_zero(tmp_path):
+    result = run_tune("--connections", "1000", "--proc-sys", str(make_tree(tmp_path)))
+    assert set(verdicts(result.stdout).values()) == {"ok"}, result.stdout
+    assert result.returncode == 0, result.stdout
+
+
+def test_needed_values_grow_with_connections(tmp_path):
+    result = run_tune("--connections", "3000000", "--proc-sys", str(make_tree(tmp_path)))
+    seen = verdicts(result.stdout)
+    assert seen["fs.file-max"] == "CHANGE" and seen["net.ipv4.tcp_mem"] == "CHANGE"
+    assert ">= * 3000000 6000000" in result.stdout
+
+
+def test_missing_conntrack_is_absent_not_a_failure(tmp_path):
+    root = make_tree(tmp_path, {"net.netfilter.nf_conntrack_max": None})
+    result = run_tune("--connections", "1000", "--proc-sys", str(root))
+    assert verdicts(result.stdout)["net.netfilter.nf_conntrack_max"] == "absent"
+    assert result.returncode == 0
+
+
+def test_apply_writes_exactly_the_changed_values(tmp_path):
+    root = make_tree(tmp_path, {"net.core.somaxconn": "128",
+                                "net.ipv4.ip_local_reserved_ports": "9000-9001",
+                                "net.ipv4.ip_local_port_range": "32768\t60999",
+                                "net.ipv4.tcp_mem": "100\t200\t300",
+                                "net.ipv4.tcp_wmem": "4096\t65536\t4194304"})
+    before = tree_values(root)
+    result = run_tune("--connections", "1000", "--proc-sys", str(root), "--apply", "--yes")
+    after = tree_values(root)
+    changed = {k: v for k, v in after.items() if before[k] != v}
+    assert changed == {
+        "net/core/somaxconn": "8192\n",
+        "net/ipv4/ip_local_reserved_ports": "9000-9001,8000\n",
+        "net/ipv4/ip_local_port_range": "1024 65535\n",
+        "net/ipv4/tcp_mem": "100 1000 2000\n",
+        "net/ipv4/tcp_wmem": "4096 16384 4194304\n",
+    }
+    assert "changed net.core.somaxconn: 128 -> 8192" in result.stdout
+    assert result.returncode == 0
+    assert set(verdicts(run_tune("--connections", "1000", "--proc-sys", str(root)).stdout)
+               .values()) == {"ok"}
+
+
+@pytest.mark.parametrize("answer", ["", "n\n", "whatever\n"])
+def test_apply_without_consent_writes_nothing(tmp_path, answer):
+    root = make_tree(tmp_path, {"net.core.somaxconn": "128"})
+    before = tree_values(root)
+    result = run_tune("--connections", "1000", "--proc-sys", str(root), "--apply", stdin=answer)
+    assert "Write them? [y/N]" in result.stdout
+    assert "nothing written" in result.stdout
+    assert tree_values(root) == before
+    assert result.returncode == 2
+
+
+def test_apply_after_prompt_yes_writes(tmp_path):
+    root = make_tree(tmp_path, {"net.core.somaxconn": "128"})
+    result = run_tune("--connections", "1000", "--proc-sys", str(root), "--apply", stdin="y\n")
+    assert (root / "net/core/somaxconn").read_text() == "8192\n"
+    assert result.returncode == 0
+
+
+def test_apply_with_nothing_off_says_so(tmp_path):
+    result = run_tune("--connections", "1000", "--proc-sys", str(make_tree(tmp_path)), "--apply")
+    assert "no sysctl to change" in result.stdout and result.returncode == 0
+
+
+def test_apply_on_the_real_proc_sys_is_refused_without_root(monkeypatch):
+    monkeypatch.setattr(tune.os, "geteuid", lambda: 1000)
+    # A sysctl that cannot exist, so even a broken check could write nothing real.
+    rows = [tune.Row("comet.test.never", "1", ">= 2", "CHANGE", new="2")]
+    out = io.StringIO()
+    assert tune.apply(tune.PROC_SYS, rows, yes=True, answers=io.StringIO(), out=out) == 2
+    assert "--apply refused: writing /proc/sys needs root" in out.getvalue()
+
+
+def test_hard_open_files_limit_too_low_says_run_more_processes(tmp_path):
+    result = run_tune("--connections", "100000", "--proc-sys", str(make_tree(tmp_path)),
+                      nofile=(1024, 4096))
+    seen = {line.split()[1]: line.split()[-1] for line in result.stdout.splitlines()
+            if line.startswith("RLIMIT_NOFILE")}
+    assert seen["soft"] == "CHANGE" and seen["hard"] in ("CANNOT", "CHANGE")
+    assert "run 33 processes of <= 3,096 connections each (--workers 33" in result.stdout
+    assert result.returncode == 1
+
+
+def test_workers_bring_the_per_process_need_under_the_limit(tmp_path):
+    result = run_tune("--connections", "100000", "--workers", "33", "--proc-sys",
+                      str(make_tree(tmp_path)), nofile=(4096, 4096))
+    assert all(line.split()[-1] == "ok" for line in result.stdout.splitlines()
+               if line.startswith("RLIMIT_NOFILE")), result.stdout
+
+
+def test_capacity_plan_comes_from_bench_json(tmp_path):
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"loopback": True, "transports": {
+        "test": {"server_kb_per_conn": 2.0, "kernel_kb_per_conn": 8.0},
+        "events": {"server_kb_per_conn": 3.0, "kernel_kb_per_conn": 8.0}}}))
+    result = run_tune("--connections", "1000000", "--proc-sys", str(make_tree(tmp_path / "sys")),
+                      "--from", str(bench), nofile=(20000, 20000))
+    out = result.stdout
+    assert "server userland, events  1,000,000 x 3 KB = 2.86 GiB" in out
+    assert "server userland, test    1,000,000 x 2 KB = 1.91 GiB" in out
+    assert "1,000,000 sockets (server end) x 4 KB = 3.81 GiB" in out      # 8 KB over two ends
+    assert "total while clients read 6.68 GiB" in out
+    assert "server userland, poll, ws: not measured yet" in out
+    assert "server processes        53" in out                           # 1e6 / 19,000
+    assert "flood source addresses  16" in out                           # 1e6 / 64,512 ports
+
+
+def test_capacity_defaults_are_the_measured_figures():
+    figures = capacity.DEFAULT_FIGURES
+    assert figures.server_kb == {"test": 16.9} and figures.kernel_kb_per_socket == 4.0
+    assert capacity.memory_needed_kib(figures, 10_000, loopback=True) == 10_000 * (16.9 + 8)
+
+
+def test_flat_bench_json_is_one_transport_and_default_kernel(tmp_path):
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"server_kb_per_conn": 1.5}))
+    figures = capacity.load_figures(bench)
+    assert figures.server_kb == {"test": 1.5} and figures.kernel_kb_per_socket == 4.0
+    bench.write_text(json.dumps({"server_kb_per_conn": 1, "kernel_kb_per_conn": 5,
+                                 "loopback": False}))
+    assert capacity.load_figures(bench).kernel_kb_per_socket == 5.0
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "is not JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"kernel_kb_per_conn": 4}', "no server_kb_per_conn"),
+    ('{"server_kb_per_conn": -3}', "must be a positive number"),
+    ('{"transports": {"ws": {"kernel_kb_per_conn": 4}}}', "'ws' has no server_kb_per_conn"),
+])
+def test_bad_bench_json_is_refused_with_the_reason(tmp_path, content, message):
+    bench = tmp_path / "bench.json"
+    bench.write_text(content)
+    result = run_tune("--proc-sys", str(make_tree(tmp_path / "sys")), "--from", str(bench))
+    assert message in result.stderr and result.returncode == 2
+    assert result.stdout == ""
+
+
+def test_missing_bench_json_and_bad_flags_are_refused(tmp_path):
+    assert "cannot read" in run_tune("--from", str(tmp_path / "nope.json")).stderr
+    assert run_tune("--connections", "0").returncode == 2
+    assert run_tune("--connections", "many").returncode == 2
+
+
+@pytest.mark.parametrize("code, words", [
+    (errno.EROFS, "read-only here (a container)"),
+    (errno.EPERM, "not permitted"),
+    (errno.EACCES, "not permitted"),
+    (errno.EINVAL, "rejected the value"),
+])
+def test_write_refusals_say_what_to_do_instead(code, words):
+    row = tune.Row("net.core.somaxconn", "128", ">= 8192", "CHANGE", new="8192")
+    message = tune.write_refusal(OSError(code, os.strerror(code)), row)
+    assert words in message
+    if code != errno.EINVAL:
+        assert "docker run --sysctl net.core.somaxconn=8192" in message
+
+
+def test_rules_merge_towards_the_needed_value_only_where_off():
+    assert tune.AT_LEAST.merge("287898 383867 575796", "* 1000000 2000000") == \
+        "287898 1000000 2000000"
+    assert tune.AT_MOST.merge("4096 131072 33554432", "4096 16384 *") == "4096 16384 33554432"
+    assert tune.COVERS.ok("1024 65535", "1024 65535")
+    assert not tune.COVERS.ok("1025 65535", "1024 65535")
+    assert tune.INCLUDES.ok("7000-9000", "8000") and tune.INCLUDES.ok("", "")
+    assert tune.ports("8000, 9000-9002") == {8000, 9000, 9001, 9002} and tune.ports("") == set()
+
+
+def test_startup_problems_names_the_port_in_the_ephemeral_range(tmp_path):
+    root = make_tree(tmp_path, {"net.ipv4.ip_local_reserved_ports": ""})
+    problems = tune.startup_problems(100, 8000, proc_sys=root)
+    assert len(problems) == 1 and "port 8000 is inside" in problems[0]
+    assert "ip_local_reserved_ports=8000" in problems[0]
+    assert tune.startup_problems(100, 0, proc_sys=root) == []          # any free port
+    assert tune.startup_problems(100, 80, proc_sys=root) == []         # below the range
+
+
+def test_startup_problems_is_empty_on_a_tuned_host(tmp_path):
+    assert tune.startup_problems(100, 8000, proc_sys=make_tree(tmp_path)) == []
+
+
+def test_startup_problems_names_low_tables_and_backlog(tmp_path):
+    root = make_tree(tmp_path, {"net.core.somaxconn": "128", "fs.file-max": "5000",
+                                "net.netfilter.nf_conntrack_max": "100"})
+    problems = "\n".join(tune.startup_problems(100, 8000, proc_sys=root))
+    assert "net.core.somaxconn = 128, needs >= 8192" in problems
+    assert "fs.file-max = 5000" in problems and "nf_conntrack_max = 100" in problems
+
+
+def test_startup_problems_names_open_files_limits(tmp_path, monkeypatch):
+    root = make_tree(tmp_path)
+    monkeypatch.setattr(tune.resource, "getrlimit", lambda _: (1024, 20000))
+    soft = tune.startup_problems(5000, 8000, proc_sys=root)
+    assert len(soft) == 1 and "soft limit 1024 is below --max-connections 5000" in soft[0]
+    hard = tune.startup_problems(100_000, 8000, proc_sys=root)
+    assert len(hard) == 1 and "hard limit 20000" in hard[0] and "--workers 6" in hard[0]
+
+
+def test_startup_problems_survives_an_unreadable_tree(tmp_path):
+    assert tune.startup_problems(100, 8000, proc_sys=tmp_path / "missing") == []
+
+
+def sysctl_conf() -> dict[str, str]:
+    lines = (REPO / "conf" / "sysctl.conf").read_text().splitlines()
+    return dict(map(str.strip, line.split("=", 1)) for line in lines
+                if line.strip() and not line.startswith("#"))
+
+
+def test_conf_sysctl_conf_holds_every_setting_at_the_value_a_million_need():
+    conf = sysctl_conf()
+    assert set(conf) == {decl.name for decl in tune.SYSCTLS}
+    target = tune.Target(1_000_000)
+    for decl in tune.SYSCTLS:
+        assert decl.rule.ok(" ".join(conf[decl.name].split()), decl.needed(target)), decl.name
+
+
+def test_conf_open_files_limits_fit_under_nr_open():
+    nr_open = int(sysctl_conf()["fs.nr_open"])
+    service = (REPO / "conf" / "comet.service").read_text()
+    assert int(re.search(r"^LimitNOFILE=(\d+)", service, re.M).group(1)) <= nr_open
+    limits = [line.split() for line in (REPO / "conf" / "limits.conf").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert limits and all(int(value) <= nr_open for *_, value in limits)
+
+
+def test_conf_gunicorn_uses_gevent_and_refuses_workers_without_redis():
+    path = str(REPO / "conf" / "gunicorn.conf.py")
+    settings: dict = {}
+    exec(compile(Path(path).read_text(), path, "exec"), settings)
+    assert settings["worker_class"] == "gevent" and settings["workers"] == 1
+    assert settings["worker_connections"] + capacity.FD_MARGIN <= 20000
+    result = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "COMET_WORKERS": "2"})
+    assert "needs the Redis backplane" in result.stderr
