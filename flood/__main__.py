@@ -1,0 +1,163 @@
+"""``python -m flood URLFILE --wait MS``: the seed's floodtest, in one or several processes.
+
+This module is the command line only: it reads the URL file, decides how many
+processes, runs :class:`flood.worker.Flood` here or :class:`flood.procs.Children`,
+and reports through :class:`flood.report.Reporter`. Exit status: 0 when at least one
+stream was ever held, 1 when nothing ever connected, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import time
+
+import gevent
+
+from flood import report, stats
+from flood import transport as transports
+from flood.procs import FD_RESERVE, Children, procs_needed, raise_nofile
+from flood.sources import parse_sources
+from flood.urls import load_urls
+from flood.worker import Flood, Plan
+
+#: Seconds children get to import and start before the shared schedule begins.
+CHILD_START = 1.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flood",
+        description="Open one comet connection per URL, count what arrives, print "
+                    "'Stats: {Active,Closed,Chunks}' every --report seconds.")
+    p.add_argument("urlfile", help="one URL a line ('-' = stdin); python -m flood.urls writes one")
+    p.add_argument("--wait", type=float, default=100.0, metavar="MS",
+                   help="milliseconds between new connections, 0 = as fast as possible "
+                        "(default %(default)s, the seed's pace)")
+    p.add_argument("--report", type=float, default=10.0, metavar="S",
+                   help="seconds between Stats lines (default %(default)s)")
+    p.add_argument("--duration", type=float, metavar="S",
+                   help="stop after S seconds, print the summary, exit")
+    p.add_argument("--json", metavar="FILE", help="write the time series and the summary here")
+    p.add_argument("--procs", type=int, metavar="N",
+                   help="flood processes (default: as many as the URL count needs under "
+                        "the open-files limit)")
+    p.add_argument("--source", metavar="ADDRS",
+                   help="local addresses to bind, round robin: 127.0.0.2,127.0.0.3 or "
+                        "127.0.0.2-127.0.0.9 or 127.0.0.0/28")
+    p.add_argument("--transport", default="stream", choices=transports.CHOICES,
+                   help="stream (/test/, chunked) works; sse, poll and ws are not built yet")
+    p.add_argument("--concurrency", type=int, default=256, metavar="N",
+                   help="connections being opened at once per process (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="connect + request + response head, seconds (default %(default)s)")
+    p.add_argument("--closed-lines", type=int, default=20, metavar="N",
+                   help="at most N 'Closed:' lines a second per process (default %(default)s)")
+    return p
+
+
+def _checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """Validate what argparse cannot; returns the source addresses."""
+    try:
+        transports.get(args.transport)
+    except transports.NotBuilt as exc:
+        parser.error(str(exc))
+    for name in ("wait", "report", "concurrency", "timeout"):
+        if getattr(args, name) < 0 or (name != "wait" and getattr(args, name) == 0):
+            parser.error(f"--{name} must be positive")
+    if args.duration is not None and args.duration <= 0:
+        parser.error("--duration must be positive")
+    if args.procs is not None and args.procs < 1:
+        parser.error("--procs must be at least 1")
+    try:
+        return parse_sources(args.source) if args.source else []
+    except ValueError as exc:
+        parser.error(f"--source: {exc}")
+    return []
+
+
+def _run_here(plan: Plan, urls: list[str], reporter: report.Reporter, every: float) -> dict:
+    flood = Flood(plan, urls, print_line)
+    gevent.signal_handler(signal.SIGINT, flood.stop)
+    gevent.signal_handler(signal.SIGTERM, flood.stop)
+    final = flood.run(on_tick=lambda: reporter.tick(stats.sum_snapshots([flood.snapshot()])),
+                      tick=every)
+    return stats.sum_snapshots([final])
+
+
+def _run_children(plan: Plan, procs: int, reporter: report.Reporter, every: float) -> dict:
+    children = Children(plan, procs, print_line)
+    gevent.signal_handler(signal.SIGINT, children.stop)
+    gevent.signal_handler(signal.SIGTERM, children.stop)
+    children.start()
+    next_tick = time.time() + CHILD_START + every
+    while children.running():
+        gevent.sleep(0.05)
+        if time.time() >= next_tick:
+            next_tick += every
+            reporter.tick(stats.sum_snapshots(children.snapshots()))
+    for problem in children.wait():
+        sys.stderr.write(f"flood: {problem}\n")
+    return stats.sum_snapshots(children.snapshots())
+
+
+def print_line(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sources = _checked(parser, args)
+    urls = load_urls(args.urlfile)
+    if urls.bad:
+        sys.stderr.write(f"flood: {urls.describe_skipped()}\n")
+    if not urls.urls:
+        sys.stderr.write(f"flood: no usable URL in {args.urlfile}\n")
+        return 2
+    nofile = raise_nofile()
+    procs = args.procs or procs_needed(len(urls.urls), nofile)
+    if len(urls.urls) / procs > nofile - FD_RESERVE:
+        sys.stderr.write(f"flood: {len(urls.urls)} URLs over {procs} process(es) exceeds the "
+                         f"open-files limit {nofile} per process; the excess will be "
+                         f"'Too many open files'\n")
+    plan = Plan(url_file=args.urlfile, wait_ms=args.wait, duration=args.duration,
+                sources=sources, concurrency=args.concurrency, timeout=args.timeout,
+                transport=args.transport, emit_every=min(args.report, 1.0),
+                closed_lines=args.closed_lines)
+    reporter = report.Reporter(print_line)
+    tmp = None
+    try:
+        if procs == 1:
+            total = _run_here(plan, urls.urls, reporter, args.report)
+        else:
+            if args.urlfile == "-":
+                fd, tmp = tempfile.mkstemp(prefix="flood-urls-", suffix=".txt")
+                with os.fdopen(fd, "w") as fh:
+                    fh.write("\n".join(urls.urls) + "\n")
+                plan.url_file = tmp
+            plan.start_at = time.time() + CHILD_START
+            total = _run_children(plan, procs, reporter, args.report)
+    finally:
+        if tmp:
+            os.unlink(tmp)
+    summary = reporter.summary(total)
+    summary.update(procs=procs, urls=len(urls.urls), skipped_bad=urls.bad,
+                   skipped_blank=urls.blank, skipped_examples=urls.bad_examples)
+    if args.json:
+        report.write_json(args.json, {
+            "command": ["flood", *(sys.argv[1:] if argv is None else argv)],
+            "started": reporter.started, "report_every_s": args.report,
+            "series": reporter.series, "summary": summary})
+    if total["connected"] == 0:
+        sys.stderr.write("flood: no connection was ever established\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
