@@ -236,14 +236,13 @@ def limit_rows(target: Target) -> list[Row]:
     return rows
 
 
-def host_rows(target: Target, figures: capacity.Figures) -> list[Row]:
-    available = psutil.virtual_memory().available // 1024
+def host_rows(target: Target, figures: capacity.Figures, available: int, hard: int) -> list[Row]:
+    """RAM (KiB available) against the capacity plan, and processes against cores."""
     need = capacity.memory_needed_kib(figures, target.connections, target.loopback)
     rows = [Row("memory available", capacity.gib(available), f">= {capacity.gib(need)}",
                 "ok" if need <= available else "SHORT",
                 "spread the connections over more hosts, or lower memory per connection")]
     cores = len(os.sched_getaffinity(0))
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     procs = max(target.processes, capacity.processes_needed(target.connections, hard))
     rows.append(Row("cores", str(cores), f"{procs} process(es)", "ok" if procs <= cores else "note",
                     f"{procs} processes share {cores} cores: idle connections cost little CPU, "
@@ -383,7 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"comet.tune: --from: {exc}", file=sys.stderr)
         return 2
     target = Target(args.connections, args.port, args.workers, args.loopback)
-    rows = sysctl_rows(args.proc_sys, target) + limit_rows(target) + host_rows(target, figures)
+    available = psutil.virtual_memory().available // 1024
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    rows = (sysctl_rows(args.proc_sys, target) + limit_rows(target)
+            + host_rows(target, figures, available, hard))
     print(f"comet.tune: {target.connections:,} connections on port {target.port}, "
           f"{target.processes} process(es){', flood on this host' if target.loopback else ''}; "
           f"sysctls under {args.proc_sys}")
@@ -392,8 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     print("", *capacity.plan_lines(
         figures, target.connections, loopback=target.loopback,
         port_range=ephemeral_ports(args.proc_sys) or (32768, 60999),
-        nofile_hard=resource.getrlimit(resource.RLIMIT_NOFILE)[1], wmem_initial=int(wmem[1]),
-        available_kib=psutil.virtual_memory().available // 1024), sep="\n")
+        nofile_hard=hard, wmem_initial=int(wmem[1]), available_kib=available), sep="\n")
     if args.apply:
         print()
         return apply(args.proc_sys, rows, yes=args.yes, answers=sys.stdin, out=sys.stdout)

@@ -195,7 +195,8 @@ def test_capacity_plan_comes_from_bench_json(tmp_path):
 def test_capacity_defaults_are_the_measured_figures():
     figures = capacity.DEFAULT_FIGURES
     assert figures.server_kb == {"test": 16.9} and figures.kernel_kb_per_socket == 4.0
-    assert capacity.memory_needed_kib(figures, 10_000, loopback=True) == 10_000 * (16.9 + 8)
+    assert capacity.memory_needed_kib(figures, 10_000, loopback=True) == \
+        pytest.approx(10_000 * (16.9 + 8), abs=1)
 
 
 def test_flat_bench_json_is_one_transport_and_default_kernel(tmp_path):
@@ -319,3 +320,18 @@ def test_conf_gunicorn_uses_gevent_and_refuses_workers_without_redis():
     result = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "COMET_WORKERS": "2"})
     assert "needs the Redis backplane" in result.stderr
+
+
+def test_memory_short_and_processes_beyond_cores_are_flagged():
+    rows = {r.setting: r for r in tune.host_rows(tune.Target(1_000_000), capacity.DEFAULT_FIGURES,
+                                                 available=1024 * 1024, hard=20000)}
+    assert rows["memory available"].verdict == "SHORT"
+    assert rows["memory available"].needed == ">= 19.93 GiB"
+    assert rows["cores"].needed == "53 process(es)"
+
+
+def test_loopback_counts_both_ends_of_every_connection(tmp_path):
+    result = run_tune("--connections", "100000", "--loopback", "--proc-sys",
+                      str(make_tree(tmp_path)))
+    assert f">= {200_000 + tune.HOST_FILES}" in result.stdout                 # fs.file-max
+    assert "200,000 sockets (both ends: the flood runs here)" in result.stdout
