@@ -20,6 +20,7 @@ import math
 import os
 import resource
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
@@ -185,9 +186,9 @@ class Row:
     new: str | None = None
 
 
-def sysctl_rows(root: Path, target: Target) -> list[Row]:
+def sysctl_rows(root: Path, target: Target, decls: Sequence[Sysctl] = SYSCTLS) -> list[Row]:
     rows = []
-    for decl in SYSCTLS:
+    for decl in decls:
         needed = decl.needed(target)
         current = read_sysctl(root, decl.name)
         shown = f"{decl.rule.sign} {needed or '-'}"
@@ -317,30 +318,16 @@ def startup_problems(max_connections: int, port: int, *,
     range. Reads only; an unreadable value is skipped rather than failing the start.
     """
     root, target = Path(proc_sys), Target(max_connections, port)
-    problems = []
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = max_connections + FD_MARGIN
-    if hard < need:
-        procs = capacity.processes_needed(max_connections, hard)
-        problems.append(
-            f"open-files hard limit {hard} is below --max-connections {max_connections} + "
-            f"{FD_MARGIN} for the process: about {hard - FD_MARGIN} connections fit; raise "
-            f"LimitNOFILE/limits.conf or run {procs} processes (--workers {procs} with --redis)")
-    elif soft < need:
-        problems.append(
-            f"open-files soft limit {soft} is below --max-connections {max_connections} + "
-            f"{FD_MARGIN}: raise it up to the hard limit {hard} (ulimit -n {need}, LimitNOFILE)")
-    for decl in (d for d in SYSCTLS if d.at_start):
-        current, needed = read_sysctl(root, decl.name), decl.needed(target)
-        if current is not None and not decl.rule.ok(current, needed):
-            problems.append(f"{decl.name} = {current}, needs {decl.rule.sign} {needed} for "
-                            f"--max-connections {max_connections}: {decl.why} "
-                            f"(sysctl -w {decl.name}='{decl.rule.merge(current, needed)}')")
+    rows = sysctl_rows(root, target, [d for d in SYSCTLS if d.at_start]) + limit_rows(target)
+    problems = [f"{r.setting} = {r.current}, needs {r.needed} for --max-connections "
+                f"{max_connections}: {r.advice}" + (f" (sysctl -w {r.setting}='{r.new}')"
+                                                    if r.new else "")
+                for r in rows if r.verdict in ("CHANGE", "CANNOT")]
     span = ephemeral_ports(root)
     reserved = read_sysctl(root, "net.ipv4.ip_local_reserved_ports") or ""
     if port and span and span[0] <= port <= span[1] and port not in ports(reserved):
         problems.append(
-            f"port {port} is inside net.ipv4.ip_local_port_range {span} and not in "
+            f"port {port} is inside net.ipv4.ip_local_port_range {span[0]}-{span[1]} and not in "
             "net.ipv4.ip_local_reserved_ports: an outgoing connection may take it as its "
             "source port and a restart then cannot bind "
             f"(sysctl -w net.ipv4.ip_local_reserved_ports={port})")

@@ -279,9 +279,12 @@ def test_startup_problems_names_open_files_limits(tmp_path, monkeypatch):
     root = make_tree(tmp_path)
     monkeypatch.setattr(tune.resource, "getrlimit", lambda _: (1024, 20000))
     soft = tune.startup_problems(5000, 8000, proc_sys=root)
-    assert len(soft) == 1 and "soft limit 1024 is below --max-connections 5000" in soft[0]
+    assert soft == ["RLIMIT_NOFILE soft = 1024, needs >= 6000 for --max-connections 5000: "
+                    "per-process open files: ulimit -n 6000, LimitNOFILE in conf/comet.service, "
+                    "or conf/limits.conf"]
     hard = tune.startup_problems(100_000, 8000, proc_sys=root)
-    assert len(hard) == 1 and "hard limit 20000" in hard[0] and "--workers 6" in hard[0]
+    assert "RLIMIT_NOFILE hard = 20000, needs >= 101000" in hard[1]
+    assert "run 6 processes of <= 19,000 connections each (--workers 6" in hard[1]
 
 
 def test_startup_problems_survives_an_unreadable_tree(tmp_path):
