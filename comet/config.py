@@ -1,0 +1,169 @@
+"""Settings: every server knob declared once.
+
+Each :class:`Setting` names a flag, a ``COMET_*`` environment variable, a
+parser that validates, a default and a help line. The command line
+(:func:`build_parser`), the environment and the options table in
+``docs/usage.rst`` (:func:`options_table`) all come from :data:`SETTINGS`, so
+they cannot drift apart (the gunicorn way). Precedence: flag, then
+environment, then default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+ENV_PREFIX = "COMET_"
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"must be a positive whole number, not {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a port number 0-65535 (0: any free port), not {text!r}")
+    return value
+
+
+def log_level(text: str) -> str:
+    level = text.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"must be one of debug, info, warning, error, not {text!r}")
+    return level
+
+
+def text_or_none(text: str) -> str | None:
+    return text or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One knob: its attribute name, its parser, its default and why it exists."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", str, "0.0.0.0", "address to listen on"),
+    Setting("port", port_number, 8000, "port to listen on (0: any free port, logged at start)"),
+    Setting("interval", positive_float, 10.0, "seconds between tick chunks on /test/"),
+    Setting("max_connections", positive_int, 19000,
+            "streaming connections held at most; beyond it new ones get 503"),
+    Setting("queue_limit", positive_int, 256,
+            "messages queued per connection at most; a reader that falls further "
+            "behind is dropped as a slow consumer"),
+    Setting("max_message", positive_int, 64 * 1024, "bytes in a published message at most (413)"),
+    Setting("publish_key", text_or_none, None,
+            "bearer key that lets non-loopback clients publish (and that loopback "
+            "clients must give if they send one)"),
+    Setting("read_timeout", positive_float, 30.0,
+            "seconds a client may take to send a request (line, headers, body); "
+            "idle keep-alive connections are closed after it"),
+    Setting("write_timeout", positive_float, 60.0,
+            "seconds one write to a client may block before the client is dropped"),
+    Setting("shutdown_timeout", positive_float, 5.0,
+            "seconds SIGTERM waits for streams to end before closing them hard"),
+    Setting("log_level", log_level, "INFO", "debug, info, warning or error"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+class Settings:
+    """Plain attribute bag of parsed settings; one attribute per :data:`SETTINGS` entry."""
+
+    def __init__(self, **values: Any) -> None:
+        for setting in SETTINGS:
+            setattr(self, setting.name, values.pop(setting.name, setting.default))
+        if values:
+            raise TypeError(f"unknown settings: {', '.join(sorted(values))}")
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{s.name}={getattr(self, s.name)!r}" for s in SETTINGS
+                          if s.name != "publish_key")
+        return f"Settings({shown})"
+
+
+def _argparse_type(setting: Setting) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return setting.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = setting.name
+    return convert
+
+
+def build_parser(prog: str = "python -m comet.server") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="comet: a gevent comet server",
+        epilog=f"Every flag can also be set as an environment variable {ENV_PREFIX}<NAME>, "
+               f"for example {ENV_PREFIX}MAX_CONNECTIONS=10000.")
+    for setting in SETTINGS:
+        parser.add_argument(setting.flag, dest=setting.name, type=_argparse_type(setting),
+                            default=None, help=f"{setting.help} (default: {setting.default})")
+    return parser
+
+
+def from_environment(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Parse the ``COMET_*`` variables that are set; a bad value is a clear error."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for setting in SETTINGS:
+        if setting.env in environ:
+            try:
+                values[setting.name] = setting.parse(environ[setting.env])
+            except ValueError as exc:
+                raise SystemExit(f"{setting.env}: {exc}") from None
+    return values
+
+
+def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Settings from flags over environment over defaults."""
+    values = from_environment(environ)
+    flags = vars(build_parser().parse_args(argv))
+    values.update({name: value for name, value in flags.items() if value is not None})
+    return Settings(**values)
+
+
+def options_table() -> str:
+    """The options table of docs/usage.rst, generated from :data:`SETTINGS`."""
+    rows = [(s.flag, s.env, str(s.default), s.help) for s in SETTINGS]
+    widths = [max(len(r[i]) for r in rows + [("flag", "environment", "default", "meaning")])
+              for i in range(4)]
+    rule = "  ".join("=" * w for w in widths)
+    head = "  ".join(h.ljust(w) for h, w in zip(("flag", "environment", "default", "meaning"),
+                                               widths))
+    body = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join([rule, head.rstrip(), rule, *body, rule])
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level),
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,104 @@
+"""What a request may carry, validated: ids, the publisher's key, a bounded body.
+
+Each check raises :class:`BadRequest` with the status and a one-line reason,
+which the app turns into a short plain-text answer and a log line. Nothing here
+writes a response.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+from urllib.parse import parse_qs
+
+import gevent
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+
+#: ids one connection may log in as (the path id plus ?id= values)
+MAX_IDS_PER_CONNECTION = 64
+
+
+class BadRequest(Exception):
+    """A client error: ``status`` is the HTTP status line, ``reason`` says why."""
+
+    def __init__(self, status: str, reason: str, headers: tuple = ()) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+def check_id(id: str) -> str:
+    if not ID_PATTERN.fullmatch(id):
+        shown = id if len(id) <= 40 else id[:40] + "..."
+        raise BadRequest("400 Bad Request",
+                         f"bad id {shown!r}: 1 to 128 of A-Z a-z 0-9 _ . : -")
+    return id
+
+
+def ids_of(path_id: str, query_string: str) -> list[str]:
+    """The path id, then each distinct ``?id=`` value, all validated."""
+    ids = [check_id(path_id)]
+    for extra in parse_qs(query_string, keep_blank_values=True).get("id", ()):
+        if check_id(extra) not in ids:
+            ids.append(extra)
+    if len(ids) > MAX_IDS_PER_CONNECTION:
+        raise BadRequest("400 Bad Request",
+                         f"too many ids: at most {MAX_IDS_PER_CONNECTION} per connection")
+    return ids
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def check_publisher(environ: dict, key: str | None) -> None:
+    """Loopback may publish without a key; anyone may with the right bearer key."""
+    given = environ.get("HTTP_AUTHORIZATION")
+    if given is not None and key is not None:
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                              key.encode()):
+            return
+        raise BadRequest("403 Forbidden", "wrong publish key")
+    if is_loopback(environ.get("REMOTE_ADDR", "")):
+        return
+    if key is None:
+        raise BadRequest("403 Forbidden",
+                         "publishing is for loopback clients (no --publish-key is set)")
+    raise BadRequest("403 Forbidden", "publishing needs Authorization: Bearer <key>")
+
+
+def read_body(environ: dict, limit: int, timeout: float) -> bytes:
+    """The request body, at most ``limit`` bytes, read within ``timeout`` seconds."""
+    declared = environ.get("CONTENT_LENGTH") or ""
+    if declared:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise BadRequest("400 Bad Request", f"bad Content-Length {declared!r}") from None
+        if length > limit:
+            raise BadRequest("413 Content Too Large",
+                             f"message of {length} bytes is over the {limit} byte limit",
+                             (("Connection", "close"),))
+    try:
+        with gevent.Timeout(timeout):
+            body = environ["wsgi.input"].read(limit + 1)
+    except gevent.Timeout:
+        raise BadRequest("408 Request Timeout",
+                         f"body not received within {timeout:g} s",
+                         (("Connection", "close"),)) from None
+    except (OSError, ValueError) as exc:
+        raise BadRequest("400 Bad Request", f"unreadable body: {exc}",
+                         (("Connection", "close"),)) from None
+    if len(body) > limit:
+        raise BadRequest("413 Content Too Large",
+                         f"message is over the {limit} byte limit", (("Connection", "close"),))
+    if not body:
+        raise BadRequest("400 Bad Request", "empty message")
+    return body

@@ -1,0 +1,144 @@
+"""``python -m comet.server``: sockets and the process; the app lives in comet/app.py.
+
+Owns: parsing settings, raising the open-files limit, the listening socket,
+gevent's WSGIServer with our request handler, and a clean shutdown on
+SIGTERM/SIGINT (stop accepting, end every stream with its final chunk, exit 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import sys
+
+import gevent
+import gevent.event
+import gevent.pool
+from gevent import pywsgi, socket
+
+from comet import config
+from comet.app import CometApp
+
+log = logging.getLogger("comet.server")
+
+#: descriptors kept back from the open-files limit for the listener, logs and
+#: short requests (publishing, /stats) beside the streams
+FD_MARGIN = 100
+
+
+class CometHandler(pywsgi.WSGIHandler):
+    """pywsgi's handler, with the client socket in the environ and bounded reads.
+
+    ``comet.socket`` lets a stream shut its socket down when the router drops it
+    as a slow consumer and set its write timeout. A socket read timeout bounds
+    how long a request (line, headers, body) may take to arrive, and so how long
+    an idle keep-alive connection holds a greenlet.
+    """
+
+    #: seconds a client may take to send a request; set from --read-timeout
+    read_timeout = 30.0
+
+    def handle(self) -> None:
+        self.socket.settimeout(self.read_timeout)
+        super().handle()
+
+    def get_environ(self) -> dict:
+        environ = super().get_environ()
+        environ["comet.socket"] = self.socket
+        return environ
+
+    def read_requestline(self) -> str:
+        try:
+            return super().read_requestline()
+        except TimeoutError:
+            log.info("closing %s: no request within %g s", self._client(), self.read_timeout)
+            raise
+
+    def _handle_client_error(self, ex: Exception):
+        log.info("400 from %s: %s", self._client(), ex)
+        return super()._handle_client_error(ex)
+
+    def handle_error(self, t, v, tb) -> None:
+        if isinstance(v, TimeoutError):
+            # A write blocked past --write-timeout, or a body slower than --read-timeout.
+            log.info("closing %s: %s timed out", self._client(),
+                     getattr(self, "requestline", "request"))
+            self.close_connection = True
+            return
+        super().handle_error(t, v, tb)
+
+    def _client(self) -> str:
+        address = self.client_address
+        return address[0] if isinstance(address, tuple) else str(address)
+
+    def log_request(self) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s", self.format_request())
+
+
+def raise_open_files_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d to %d: %s",
+                        soft, target, exc)
+    return soft
+
+
+def make_server(settings: config.Settings, app: CometApp) -> pywsgi.WSGIServer:
+    listener = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((settings.host, settings.port))
+    listener.listen(min(65535, max(1024, settings.max_connections)))
+    handler = type("Handler", (CometHandler,), {"read_timeout": settings.read_timeout})
+    # An unbounded pool only so that stop() can wait for the handlers to finish.
+    return pywsgi.WSGIServer(listener, app, handler_class=handler, spawn=gevent.pool.Pool(),
+                             log=logging.getLogger("comet.access"),
+                             error_log=logging.getLogger("comet.error"))
+
+
+def serve(settings: config.Settings) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit status."""
+    limit = raise_open_files_limit()
+    streams = max(0, limit - FD_MARGIN)
+    log.info("open-files limit %d: room for about %d connections in this process",
+             limit, streams)
+    if streams < settings.max_connections:
+        log.warning("--max-connections %d is above what the open-files limit allows (%d): "
+                    "run more processes or raise the limit", settings.max_connections, streams)
+    app = CometApp(settings)
+    server = make_server(settings, app)
+    server.start()
+    app.stats.reset_baseline()
+    host, port = server.address[:2]
+    log.info("serving on http://%s:%d/ (pid %d)", host, port, os.getpid())
+    stopping = gevent.event.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
+    stopping.wait()
+    server.close()
+    log.info("shutting down: stopped accepting; ending %d streams", app.shutdown())
+    server.stop(timeout=settings.shutdown_timeout)
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = config.load(argv)
+    config.configure_logging(settings.log_level)
+    try:
+        return serve(settings)
+    except OSError as exc:
+        log.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
