@@ -56,6 +56,14 @@ class CometHandler(pywsgi.WSGIHandler):
             log.info("closing %s: no request within %g s", self._client(), self.read_timeout)
             raise
 
+    def read_request(self, raw_requestline: str) -> bool:
+        ok = super().read_request(raw_requestline)
+        defects = getattr(self.headers, "defects", None)
+        if defects:
+            # e.g. a header line without a colon: pywsgi would drop the rest silently
+            raise ValueError(f"malformed header block: {type(defects[0]).__name__}")
+        return ok
+
     def _handle_client_error(self, ex: Exception):
         log.info("400 from %s: %s", self._client(), ex)
         return super()._handle_client_error(ex)

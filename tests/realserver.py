@@ -1,0 +1,81 @@
+"""Start the real comet server as a process on an ephemeral 127.0.0.1 port.
+
+Tests talk to it over real sockets. The port comes from the server's own
+"serving on" log line, so no port is ever guessed or reused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+
+SERVING = re.compile(r"serving on http://[^:]+:(\d+)/")
+
+
+class RealServer:
+    """One ``python -m comet.server`` process and what it logged."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        self.args = ["--host", "127.0.0.1", "--port", "0", *args]
+        self.env = {**os.environ, **(env or {})}
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> RealServer:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "comet.server", *self.args], env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        found = threading.Event()
+
+        def pump() -> None:
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                match = SERVING.search(line)
+                if match:
+                    self.port = int(match.group(1))
+                    found.set()
+            found.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not found.wait(timeout) or self.port is None:
+            self.stop()
+            raise RuntimeError("server did not start:\n" + "\n".join(self.lines))
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stats(self) -> dict:
+        return requests.get(self.url + "/stats", timeout=10).json()
+
+    def wait_for(self, predicate, timeout: float = 10.0, what: str = "condition") -> dict:
+        """Poll /stats until ``predicate(stats)`` holds (a wait, not a timing assertion)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            if predicate(stats):
+                return stats
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} never held; last stats: {stats}")
+            time.sleep(0.05)
+
+    def log_text(self) -> str:
+        return "\n".join(self.lines)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

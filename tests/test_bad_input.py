@@ -1,0 +1,124 @@
+"""Bad requests get a clear 4xx (or a closed connection), a log line, and leave nothing behind.
+
+The data-driven cases are files in tests/requests/invalid/: the name starts
+with the status the request must get; the file's LF line ends are sent as CRLF.
+"""
+
+import pathlib
+import socket
+import time
+
+import pytest
+import requests
+
+from tests.chunked import StrictResponse
+
+INVALID = sorted((pathlib.Path(__file__).parent / "requests" / "invalid").glob("*.http"))
+
+
+@pytest.fixture(scope="module")
+def shared_server():
+    from tests.realserver import RealServer
+    srv = RealServer("--interval", "0.2", "--read-timeout", "1").start()
+    yield srv
+    srv.stop()
+
+
+def raw_exchange(port: int, data: bytes) -> StrictResponse:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(data)
+    return StrictResponse(sock)
+
+
+def no_traceback(text: str) -> None:
+    assert "Traceback" not in text and "Error" not in text.split("\n")[0]
+
+
+@pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
+def test_invalid_request_gets_its_status(shared_server, path):
+    expected = int(path.name[:3])
+    answer = raw_exchange(shared_server.port, path.read_bytes().replace(b"\n", b"\r\n"))
+    assert answer.status == expected, answer.status_line
+    body = answer.file.read(int(answer.headers.get("content-length", 0))).decode()
+    no_traceback(body)
+    answer.close()
+
+
+def test_every_invalid_request_was_logged_without_traceback(shared_server):
+    log = shared_server.log_text()
+    assert "Traceback" not in log
+    assert log.count(" 400 ") + log.count("400 from") + log.count(": 400") >= 1
+
+
+def test_request_line_too_long_gets_414(shared_server):
+    answer = raw_exchange(shared_server.port, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n")
+    assert answer.status == 414
+
+
+def test_huge_headers_are_refused(shared_server):
+    headers = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 200) for i in range(400))
+    sock = socket.create_connection(("127.0.0.1", shared_server.port), timeout=10)
+    try:
+        sock.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+        status_line = sock.makefile("rb").readline()
+    except ConnectionError:
+        status_line = b""
+    finally:
+        sock.close()
+    assert status_line == b"" or status_line.split()[1] in (b"400", b"431")
+
+
+def test_single_enormous_header_is_refused(shared_server):
+    sock = socket.create_connection(("127.0.0.1", shared_server.port), timeout=10)
+    try:
+        sock.sendall(b"GET /stats HTTP/1.1\r\nX-Big: " + b"v" * 100_000 + b"\r\n\r\n")
+        status_line = sock.makefile("rb").readline()
+    except ConnectionError:
+        status_line = b""
+    finally:
+        sock.close()
+    assert status_line == b"" or status_line.split()[1] in (b"400", b"431")
+
+
+def test_body_longer_than_content_length(shared_server):
+    answer = raw_exchange(shared_server.port,
+                          b"POST /send/a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n"
+                          b"abcGARBAGE AFTER THE BODY\r\n\r\n")
+    assert answer.status == 200  # the 3 bytes are a message; the rest is a bad next request
+    answer.file.read(int(answer.headers["content-length"]))
+    second = StrictResponse(answer.sock)
+    assert second.status == 400
+    answer.close()
+
+
+def test_message_over_the_limit_gets_413(shared_server):
+    answer = requests.post(shared_server.url + "/send/a", data=b"x" * 65537, timeout=10)
+    assert answer.status_code == 413 and "limit" in answer.text
+
+
+def test_slow_body_gets_408_and_the_connection_closes(shared_server):
+    sock = socket.create_connection(("127.0.0.1", shared_server.port), timeout=10)
+    sock.sendall(b"POST /send/a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+    answer = StrictResponse(sock)  # the server gives up after --read-timeout 1
+    assert answer.status == 408
+    answer.file.read(int(answer.headers["content-length"]))
+    assert answer.file.read() == b""  # closed by the server
+    answer.close()
+    assert "body not received" in shared_server.log_text()
+
+
+def test_slow_request_line_is_closed_and_logged(shared_server):
+    sock = socket.create_connection(("127.0.0.1", shared_server.port), timeout=10)
+    sock.sendall(b"GET /sta")
+    assert sock.recv(100) == b""  # closed once --read-timeout passes
+    sock.close()
+    deadline = time.monotonic() + 10
+    while "no request within" not in shared_server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "no request within" in shared_server.log_text()
+
+
+def test_server_is_healthy_and_empty_after_bad_input(shared_server):
+    assert requests.get(shared_server.url + "/health", timeout=10).status_code == 200
+    stats = shared_server.stats()
+    assert stats["connections"]["total"] == 0 and stats["ids"] == 0

@@ -1,0 +1,35 @@
+"""Settings from flags, COMET_* variables and defaults."""
+
+import pytest
+
+from comet import config
+
+
+def test_defaults():
+    settings = config.load([], environ={})
+    assert settings.port == 8000 and settings.interval == 10.0
+    assert settings.max_message == 65536 and settings.queue_limit == 256
+    assert settings.publish_key is None and settings.host == "0.0.0.0"
+
+
+def test_flag_beats_environment_beats_default():
+    environ = {"COMET_PORT": "9000", "COMET_INTERVAL": "0.5"}
+    settings = config.load(["--port", "9100"], environ=environ)
+    assert settings.port == 9100 and settings.interval == 0.5
+
+
+def test_bad_flag_value_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        config.load(["--interval", "-1"], environ={})
+    assert "positive number of seconds" in capsys.readouterr().err
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(SystemExit, match="COMET_MAX_CONNECTIONS"):
+        config.load([], environ={"COMET_MAX_CONNECTIONS": "lots"})
+
+
+def test_options_table_lists_every_setting():
+    table = config.options_table()
+    for setting in config.SETTINGS:
+        assert setting.flag in table and setting.env in table

@@ -1,0 +1,66 @@
+"""The same app under gunicorn's gevent worker; a second worker is refused."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from tests.chunked import open_stream
+
+pytest.importorskip("gunicorn")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def gunicorn(*args: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {**os.environ, "COMET_INTERVAL": "0.2"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-k", "gevent", "--worker-connections", "1000",
+         "-b", f"127.0.0.1:{port}", *args, "comet.wsgi:application"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, port
+
+
+def test_gunicorn_gevent_worker_serves_streams_and_publishing():
+    proc, port = gunicorn("-w", "1")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.2)
+        stream = open_stream(port, "/test/g")
+        assert stream.next_chunk() == b"comet welcomes you! Your Id: g\n"
+        assert stream.next_chunk() == b"Chunk 1 for id g\n"
+        sent = requests.post(f"http://127.0.0.1:{port}/send/g", data=b"via gunicorn", timeout=10)
+        assert sent.json() == {"id": "g", "delivered": 1}
+        got = stream.chunks_until(lambda c: c.startswith(b"Recvd"))
+        assert got[-1] == b"Recvd msg: via gunicorn\n"
+        stream.close()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_second_worker_is_refused_with_a_clear_message():
+    proc, _ = gunicorn("-w", "2")
+    try:
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert re.search(r"one gunicorn worker \(-w 1\) until the Redis backplane", output)
