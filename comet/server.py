@@ -20,6 +20,7 @@ from gevent import pywsgi, socket
 
 from comet import config
 from comet.app import CometApp
+from comet.tune import startup_problems
 
 log = logging.getLogger("comet.server")
 
@@ -118,9 +119,8 @@ def serve(settings: config.Settings) -> int:
     streams = max(0, limit - FD_MARGIN)
     log.info("open-files limit %d: room for about %d connections in this process",
              limit, streams)
-    if streams < settings.max_connections:
-        log.warning("--max-connections %d is above what the open-files limit allows (%d): "
-                    "run more processes or raise the limit", settings.max_connections, streams)
+    for problem in startup_problems(settings.max_connections, settings.port):
+        log.warning("tuning: %s", problem)
     app = CometApp(settings)
     server = make_server(settings, app)
     server.start()

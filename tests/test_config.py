@@ -33,3 +33,9 @@ def test_options_table_lists_every_setting():
     table = config.options_table()
     for setting in config.SETTINGS:
         assert setting.flag in table and setting.env in table
+
+
+def test_usage_doc_carries_the_current_options_table():
+    import pathlib
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "usage.rst").read_text()
+    assert config.options_table() in doc, "regenerate the table in docs/usage.rst"
