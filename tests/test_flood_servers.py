@@ -109,3 +109,35 @@ def write_urls(tmp_path: Path, port: int, paths: list[str]) -> str:
     path = tmp_path / "urls.txt"
     path.write_text("".join(f"http://127.0.0.1:{port}{p}\n" for p in paths))
     return str(path)
+
+
+@contextlib.contextmanager
+def publish_server(received: list) -> Iterator[int]:
+    """``POST /send/<id>`` answered as comet does (``{"id", "delivered": 1}``); ids that
+    start with ``bad`` get a 500, so the generator's error accounting can be seen."""
+    import json
+
+    from gevent.pywsgi import WSGIServer
+
+    def app(environ, start_response):
+        ident = environ["PATH_INFO"].rsplit("/", 1)[-1]
+        body = environ["wsgi.input"].read()
+        if ident.startswith("bad"):
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+            return [b"no\n"]
+        received.append((ident, body))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"id": ident, "delivered": 1}).encode()]
+
+    server = WSGIServer(("127.0.0.1", 0), app, log=None)
+    server.start()
+    try:
+        yield server.server_port
+    finally:
+        server.stop(timeout=1)
+
+
+def run_module(module: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``python -m <module>`` as a real process while this process's hub keeps serving."""
+    return gevent.subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,209 @@
+"""``python -m flood.msggen``: the series' part 2 message generator.
+
+Sends ``POST /send/<id>`` at a target rate to ids drawn by popularity (:mod:`flood.ids`),
+over keep-alive HTTP (one ``requests.Session`` per sender thread). Every message
+carries its send time (``ts=...``, :func:`flood.latency.stamp`) so a flood reading the
+streams measures delivery latency. It reports sent/s, errors by kind and what the
+server answered (how many connections each message reached).
+
+Pacing: message k is due at ``start + k / rate``; one pacer thread hands due messages
+to the senders, so the rate is never exceeded. If the senders fall behind, the
+achieved rate says so. Ids map to ports as :mod:`flood.urls` spreads them, so
+``--ports`` reaches the server process that holds each id's stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import requests
+
+from flood.ids import Popularity, parse_ids
+from flood.latency import stamp
+from flood.report import write_json
+from flood.urls import BadUrl, parse_ports, parse_url
+
+
+@dataclass
+class Tally:
+    """What the senders did; one lock guards it (threads, not greenlets)."""
+
+    sent: int = 0
+    ok: int = 0
+    errors: int = 0
+    delivered: int = 0  #: sum of the server's ``delivered`` answers
+    statuses: Counter = field(default_factory=Counter)
+    error_kinds: Counter = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def as_dict(self) -> dict:
+        return {"sent": self.sent, "ok": self.ok, "errors": self.errors,
+                "delivered": self.delivered, "statuses": dict(self.statuses),
+                "error_kinds": dict(self.error_kinds)}
+
+
+class Generator:
+    """Paces messages and sends them from ``concurrency`` threads."""
+
+    def __init__(self, base: str, ids: list[str], rate: float, skew: float = 0.0,
+                 ports: list[int] | None = None, concurrency: int = 4, timeout: float = 5.0,
+                 seed: int | None = None, text: str = "msg") -> None:
+        target = parse_url(base.rstrip("/") + "/")
+        self.host = f"[{target.host}]" if ":" in target.host else target.host
+        self.ports = ports or [target.port]
+        self.ids = ids
+        self.index = {ident: i for i, ident in enumerate(ids)}
+        self.rate = rate
+        self.popularity = Popularity(ids, skew, seed)
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.text = text
+        self.tally = Tally()
+        self.stopped = threading.Event()
+        self._queue: queue.Queue = queue.Queue(maxsize=concurrency * 2)
+
+    def url_for(self, ident: str) -> str:
+        """Same id-to-port spread as ``flood.urls --ports``: rank modulo the port count."""
+        port = self.ports[self.index[ident] % len(self.ports)]
+        return f"http://{self.host}:{port}/send/{ident}"
+
+    def _pace(self, duration: float | None) -> None:
+        start = time.time()
+        k = 0
+        while not self.stopped.is_set():
+            due = start + k / self.rate
+            if duration is not None and due >= start + duration:
+                break
+            delay = due - time.time()
+            if delay > 0 and self.stopped.wait(delay):
+                break
+            ident = self.popularity.pick()
+            self._queue.put((k, ident))
+            k += 1
+        for _ in range(self.concurrency):
+            self._queue.put(None)
+
+    def _send_loop(self) -> None:
+        session = requests.Session()
+        tally = self.tally
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            k, ident = item
+            body = stamp(f"{self.text} {k} to {ident}")
+            try:
+                resp = session.post(self.url_for(ident), data=body.encode(), timeout=self.timeout)
+                status, answer = resp.status_code, _json_or_none(resp)
+                kind = None if resp.ok else f"HTTP {status}"
+            except requests.RequestException as exc:
+                status, answer, kind = None, None, _kind(exc)
+            with tally.lock:
+                tally.sent += 1
+                if status is not None:
+                    tally.statuses[str(status)] += 1
+                if kind is None:
+                    tally.ok += 1
+                    if isinstance(answer, dict):
+                        tally.delivered += int(answer.get("delivered", 0) or 0)
+                else:
+                    tally.errors += 1
+                    tally.error_kinds[kind] += 1
+        session.close()
+
+    def run(self, duration: float | None, report: float, out=print) -> dict:
+        """Send until ``duration`` ends or :meth:`stop`; print a line every ``report`` s."""
+        started = time.time()
+        threads = [threading.Thread(target=self._send_loop, daemon=True)
+                   for _ in range(self.concurrency)]
+        pacer = threading.Thread(target=self._pace, args=(duration,), daemon=True)
+        for t in [pacer, *threads]:
+            t.start()
+        last_sent, last_t = 0, started
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=min(report, 0.2))
+            now = time.time()
+            if now - last_t >= report:
+                sent = self.tally.sent
+                out(self.line(sent, (sent - last_sent) / (now - last_t)))
+                last_sent, last_t = sent, now
+        elapsed = time.time() - started
+        result = self.tally.as_dict()
+        result.update(elapsed_s=round(elapsed, 3), target_rate=self.rate,
+                      achieved_rate=round(result["sent"] / elapsed, 2) if elapsed else None)
+        out(self.line(result["sent"], result["achieved_rate"] or 0.0, final=True))
+        return result
+
+    def line(self, sent: int, rate: float, final: bool = False) -> str:
+        t = self.tally
+        kinds = ", ".join(f"{k}: {n}" for k, n in t.error_kinds.most_common(3))
+        return (f"{'Total' if final else 'Sent'}: {sent} ({rate:.1f}/s of {self.rate:g}/s) "
+                f"errors {t.errors}{' (' + kinds + ')' if kinds else ''} "
+                f"delivered {t.delivered}")
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def _json_or_none(resp: requests.Response):
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def _kind(exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "timeout"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection error"
+    return exc.__class__.__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flood.msggen",
+                                description="Send timestamped messages to ids at a rate.")
+    p.add_argument("--base", default="http://127.0.0.1:8000", help="server (default %(default)s)")
+    p.add_argument("--ports", help="spread ids over these ports as flood.urls does: 8001-8006")
+    p.add_argument("--rate", type=float, default=10.0, help="messages per second (default 10)")
+    p.add_argument("--ids", default="1-10000", help="ids: 1-10000 or a,b,c (default %(default)s)")
+    p.add_argument("--skew", type=float, default=0.0,
+                   help="popularity exponent: 0 uniform, 1 Zipf (default 0)")
+    p.add_argument("--duration", type=float, help="seconds, then stop (default: until Ctrl-C)")
+    p.add_argument("--concurrency", type=int, default=4, help="sender threads (default 4)")
+    p.add_argument("--report", type=float, default=1.0, help="seconds between lines (default 1)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
+    p.add_argument("--seed", type=int, help="random seed, for a repeatable id sequence")
+    p.add_argument("--json", metavar="FILE", help="write the totals here")
+    args = p.parse_args(argv)
+    if args.rate <= 0 or args.concurrency < 1 or args.report <= 0:
+        p.error("--rate, --concurrency and --report must be positive")
+    if args.duration is not None and args.duration <= 0:
+        p.error("--duration must be positive")
+    try:
+        gen = Generator(args.base, parse_ids(args.ids), args.rate, args.skew,
+                        parse_ports(args.ports) if args.ports else None,
+                        args.concurrency, args.timeout, args.seed)
+    except (ValueError, BadUrl) as exc:
+        p.error(str(exc))
+    try:
+        result = gen.run(args.duration, args.report,
+                         out=lambda s: (sys.stdout.write(s + "\n"), sys.stdout.flush()))
+    except KeyboardInterrupt:
+        gen.stop()
+        result = gen.tally.as_dict()
+    if args.json:
+        write_json(args.json, {"command": ["flood.msggen", *(argv or sys.argv[1:])],
+                               "result": result})
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
