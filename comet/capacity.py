@@ -64,16 +64,25 @@ def _number(value: object, where: str) -> float:
     return float(value)
 
 
+def _bench_kernel(row: dict) -> object:
+    """flood.bench's kernel figure: slab growth plus TCP buffer pages, per connection."""
+    slab, pages = row.get("slab_kb_per_conn"), row.get("tcp_mem_kb_per_conn") or 0
+    return slab + pages if isinstance(slab, (int, float)) and isinstance(pages, (int, float)) \
+        else slab
+
+
 def load_figures(path: str | Path) -> Figures:
     """Read per-connection figures from a benchmark's JSON, so the plan follows measurements.
 
-    Accepted shape (the minimal schema documented in docs/tuning.rst)::
+    ``python -m flood.bench --json`` writes ``server_kb_per_conn`` (the /test/ transport),
+    ``slab_kb_per_conn`` and ``tcp_mem_kb_per_conn``, measured on loopback. Also accepted
+    (docs/tuning.rst)::
 
         {"server_kb_per_conn": 16.9, "kernel_kb_per_conn": 8.1, "loopback": true,
          "transports": {"test": {"server_kb_per_conn": 16.9, "kernel_kb_per_conn": 8.0}}}
 
-    ``kernel_kb_per_conn`` is the kernel growth per connection as measured; on loopback
-    (``loopback`` true, the default) both ends were counted, so a socket is half of it.
+    The kernel figure is growth per connection as measured; on loopback (``loopback``
+    true, the default, as flood.bench runs) both ends were counted, so a socket is half.
     """
     try:
         data = json.loads(Path(path).read_text())
@@ -91,8 +100,9 @@ def load_figures(path: str | Path) -> Figures:
         if not isinstance(row, dict) or "server_kb_per_conn" not in row:
             raise ValueError(f"{path}: transport {name!r} has no server_kb_per_conn")
         server[name] = _number(row["server_kb_per_conn"], f"{path}: {name}.server_kb_per_conn")
-        if "kernel_kb_per_conn" in row:
-            kernel.append(_number(row["kernel_kb_per_conn"], f"{path}: {name}.kernel_kb_per_conn"))
+        if "kernel_kb_per_conn" in row or "slab_kb_per_conn" in row:
+            kernel.append(_number(row.get("kernel_kb_per_conn", _bench_kernel(row)),
+                                  f"{path}: {name}.kernel_kb_per_conn"))
     if not server:
         raise ValueError(f"{path}: no server_kb_per_conn (top level or under \"transports\")")
     ends = 2 if data.get("loopback", True) else 1

@@ -338,3 +338,16 @@ def test_loopback_counts_both_ends_of_every_connection(tmp_path):
                       str(make_tree(tmp_path)))
     assert f">= {200_000 + tune.HOST_FILES}" in result.stdout                 # fs.file-max
     assert "200,000 sockets (both ends: the flood runs here)" in result.stdout
+
+
+def test_flood_bench_json_fields_are_read(tmp_path):
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"server_kb_per_conn": 16.5, "slab_kb_per_conn": 7.5,
+                                 "tcp_mem_kb_per_conn": 0.5, "held": 10000}))
+    figures = capacity.load_figures(bench)
+    assert figures.server_kb == {"test": 16.5}
+    assert figures.kernel_kb_per_socket == 4.0                  # (7.5 + 0.5) over two ends
+    bench.write_text(json.dumps({"server_kb_per_conn": 16.5, "slab_kb_per_conn": -0.2,
+                                 "tcp_mem_kb_per_conn": 0}))
+    with pytest.raises(ValueError, match="must be a positive number"):
+        capacity.load_figures(bench)
