@@ -1,0 +1,82 @@
+"""Where the memory of a connection goes: processes (RSS, PSS) and the kernel (slab, sockstat).
+
+DESIGN.md "How memory per connection is measured" is the method; this module only
+reads the numbers (psutil for processes, /proc for the kernel) so bench can take
+them before and after a flood. On loopback both ends of every connection are in
+the kernel figures, and the machine is shared: other work moves them too.
+"""
+
+from __future__ import annotations
+
+import psutil
+
+PAGE = 4096
+
+
+def process_tree(pids: list[int]) -> list[psutil.Process]:
+    """The given processes and all their children (server workers), alive ones only."""
+    seen: dict[int, psutil.Process] = {}
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            seen[pid] = proc
+            for child in proc.children(recursive=True):
+                seen[child.pid] = child
+        except psutil.NoSuchProcess:
+            continue
+    return list(seen.values())
+
+
+def process_memory(pids: list[int], pss: bool = True) -> dict:
+    """Summed RSS and (when asked, it reads smaps so it is slower) PSS, in bytes."""
+    rss = pss_total = 0
+    procs = process_tree(pids)
+    for proc in procs:
+        try:
+            if pss:
+                info = proc.memory_full_info()
+                pss_total += info.pss
+                rss += info.rss
+            else:
+                rss += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return {"rss_bytes": rss, "pss_bytes": pss_total if pss else None, "processes": len(procs)}
+
+
+def slab_bytes() -> int:
+    """``Slab:`` of /proc/meminfo: kernel objects, about 4 KB of them per TCP socket here."""
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("Slab:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def sockstat() -> dict:
+    """TCP line of /proc/net/sockstat: sockets in use, orphans, time-wait, alloc, mem pages."""
+    with open("/proc/net/sockstat") as fh:
+        for line in fh:
+            if line.startswith("TCP:"):
+                fields = line.split()[1:]
+                return {fields[i]: int(fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
+    return {}
+
+
+def tcp_buffers() -> dict:
+    """tcp_rmem / tcp_wmem / tcp_mem as the kernel has them now (the report names them)."""
+    out = {}
+    for name in ("tcp_rmem", "tcp_wmem", "tcp_mem"):
+        try:
+            with open(f"/proc/sys/net/ipv4/{name}") as fh:
+                out[name] = fh.read().split()
+        except OSError:
+            out[name] = None
+    return out
+
+
+def kernel() -> dict:
+    """Slab and socket memory now, for a before/after difference."""
+    tcp = sockstat()
+    return {"slab_bytes": slab_bytes(), "tcp_inuse": tcp.get("inuse"),
+            "tcp_mem_pages": tcp.get("mem"), "tcp_tw": tcp.get("tw")}

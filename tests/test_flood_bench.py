@@ -1,0 +1,76 @@
+"""flood.bench at N=200 against the real comet server: the JSON has every figure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_flood_servers import ROOT, free_port
+
+pytest.importorskip("comet.server", reason="the comet server is not built yet")
+
+N = 200
+
+FIGURES = {
+    "command", "date", "target", "tcp", "connections_requested", "rate_requested",
+    "held", "closed", "closed_reasons", "accept_rate_per_s", "ramp_s",
+    "server_pids", "server_processes", "server_rss_before", "server_rss_after",
+    "server_kb_per_conn", "server_pss_before", "server_pss_after", "server_pss_kb_per_conn",
+    "slab_before", "slab_after", "slab_kb_per_conn",
+    "tcp_mem_pages_before", "tcp_mem_pages_after", "tcp_mem_kb_per_conn",
+    "tcp_inuse_before", "tcp_inuse_after",
+    "client_processes", "client_rss_before", "client_rss_after", "client_kb_per_conn",
+    "server_stats_after", "fanout", "series", "plot",
+}
+FANOUT = {"answer", "answer_s", "expected", "received", "count", "p50_ms", "p99_ms", "max_ms",
+          "all_received_ms", "deliveries_per_s", "buckets"}
+SERIES = {"t", "active", "closed", "chunks", "attempted", "pending", "client_rss_bytes",
+          "server_rss_bytes"}
+
+
+def bench(tmp_path, *extra: str) -> dict:
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "flood.bench", "--connections", str(N), "--rate", "2000",
+         "--hold", "0.5", "--interval", "1", "--json", str(out), "--plot", str(png), *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "server RSS" in result.stdout and "broadcast fan-out" in result.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return json.loads(out.read_text())
+
+
+def check(doc: dict) -> None:
+    assert FIGURES <= set(doc), FIGURES - set(doc)
+    assert FANOUT <= set(doc["fanout"]), FANOUT - set(doc["fanout"])
+    assert doc["series"] and SERIES <= set(doc["series"][-1])
+    assert doc["held"] == N and doc["closed"] == 0
+    assert doc["fanout"]["answer"]["delivered"] == N
+    assert doc["fanout"]["received"] == N and doc["fanout"]["all_received_ms"] is not None
+    assert doc["server_stats_after"]["connections"]["total"] == N
+    assert doc["server_rss_after"] > 0 and doc["server_pss_after"] > 0
+    assert doc["client_rss_after"] > 0 and doc["client_processes"] == 1
+    assert doc["accept_rate_per_s"] > 0
+
+
+def test_bench_starts_the_server_and_reports_every_figure(tmp_path):
+    check(bench(tmp_path))
+
+
+def test_bench_measures_a_running_server_given_by_target_and_pid(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "comet.server", "--host", "127.0.0.1", "--port", str(port),
+         "--interval", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        doc = bench(tmp_path, "--target", f"http://127.0.0.1:{port}",
+                    "--server-pid", str(server.pid))
+        assert server.poll() is None  # bench leaves a server it did not start running
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+    check(doc)
+    assert doc["server_pids"] == [server.pid]
