@@ -1,180 +1,198 @@
-"""The WSGI application: routes each request to a handler, wires router and transports.
+"""The WSGI application: routes each request to a handler, short enough to read at once.
 
 Plain WSGI, no framework, so it runs under ``python -m comet.server`` and under
 gunicorn alike. Routes (DESIGN.md, "The server's HTTP interface"):
 
-====================  =========================================================
-``GET /test/<id>``    the seed's chunked stream: welcome, ticks, routed messages
-``POST /send/<id>``   deliver the body to every connection logged in as ``<id>``
-``POST /broadcast``   deliver the body to every connection
-``GET /stats``        counters and memory as JSON
-``GET /health``       200 while serving
-====================  =========================================================
+======================  =======================================================
+``GET /test/<id>``      the seed's chunked stream: welcome, ticks, messages
+``GET /events/<id>``    Server-Sent Events, resumable with ``Last-Event-ID``
+``GET /poll/<id>``      long-poll: JSON messages after ``?since=``
+``GET /ws/<id>``        WebSocket: messages as text frames
+``POST /send/<id>``     deliver the body to every connection logged in as ``<id>``
+``POST /broadcast``     deliver the body to every connection
+``GET /stats``          counters and memory as JSON
+``GET /health``         200 while serving
+``GET /``               a page that subscribes with EventSource and sends
+======================  =======================================================
 
-A stream's life is a generator: the handler's greenlet sleeps in it between
-chunks, as one Erlang process per connection sleeps in ``receive``.
+The router, history and counters live in :class:`Subscriptions`; how each
+transport lives is in streams.py, longpoll.py and websocket.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from importlib import resources
 from typing import Callable
 
 from comet import transports
 from comet.config import Settings
 from comet.connection import QueuedConnection
-from comet.inputs import BadRequest, check_id, check_publisher, ids_of, read_body
-from comet.router import Router
-from comet.stats import Stats
+from comet.inputs import BadRequest, check_id, check_publisher, ids_of, last_event_id, read_body
+from comet.longpoll import poll_once
+from comet.streams import framing_for, stream_life
+from comet.subscriptions import Subscriptions
+from comet.websocket import websocket_life
 
 log = logging.getLogger(__name__)
 
 #: environ keys under which servers expose the client socket (ours, gunicorn's)
 SOCKET_KEYS = ("comet.socket", "gunicorn.socket", "gunicorn.sock")
 
+#: transports a page on another origin may use when --allow-origin lets it
+CORS_PREFIXES = ("/events/", "/poll/", "/ws/")
+
 StartResponse = Callable[..., object]
 
 
 class CometApp:
-    """``application(environ, start_response)`` plus the router and counters it serves."""
+    """``application(environ, start_response)`` over one :class:`Subscriptions`."""
 
-    def __init__(self, settings: Settings, router: Router | None = None) -> None:
+    def __init__(self, settings: Settings, subs: Subscriptions | None = None) -> None:
         self.settings = settings
-        self.router = router if router is not None else Router()
-        self.stats = Stats(self.router)
-        self.accepting = True
-
-    # -- WSGI entry ---------------------------------------------------------
+        self.subs = subs if subs is not None else Subscriptions(settings)
+        self.router = self.subs.router
+        self.stats = self.subs.stats
+        self._allowed_origins = _origins(settings.allow_origin)
+        self._routes = {
+            "test": (self.test_stream, ("GET", "HEAD")),
+            "events": (self.events, ("GET", "HEAD")),
+            "poll": (self.poll, ("GET",)),
+            "ws": (self.websocket, ("GET",)),
+            "send": (self.send, ("POST",)),
+        }
+        self._exact = {
+            "/": (self.page, ("GET", "HEAD")),
+            "/broadcast": (self.broadcast, ("POST",)),
+            "/stats": (self.stats_json, ("GET", "HEAD")),
+            "/health": (self.health, ("GET", "HEAD")),
+        }
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
         path = environ.get("PATH_INFO", "/")
+        cors = self._cors_headers(environ, path)
+        respond = _with_headers(start_response, cors)
         try:
             handler, allowed, arg = self._route(path)
             if handler is None:
                 raise BadRequest("404 Not Found", f"no such path {path[:80]!r}")
+            if method == "OPTIONS" and cors:
+                return self._preflight(respond)
             if method not in allowed:
                 raise BadRequest("405 Method Not Allowed", f"{method} is not allowed here",
                                  (("Allow", ", ".join(allowed)),))
-            return handler(environ, start_response, arg)
+            return handler(environ, respond, arg)
         except BadRequest as error:
             log.info("%s %s %s: %s (client %s)", error.status[:3], method, path[:80],
                      error.reason, environ.get("REMOTE_ADDR"))
-            return self._plain(start_response, error.status, error.reason + "\n",
-                               error.headers)
+            return self._plain(respond, error.status, error.reason + "\n", error.headers)
 
     def _route(self, path: str) -> tuple:
-        for prefix, handler, allowed in (
-            ("/test/", self.test_stream, ("GET", "HEAD")),
-            ("/send/", self.send, ("POST",)),
-        ):
-            if path.startswith(prefix):
-                return handler, allowed, path[len(prefix):]
-        exact = {
-            "/broadcast": (self.broadcast, ("POST",)),
-            "/stats": (self.stats_json, ("GET", "HEAD")),
-            "/health": (self.health, ("GET", "HEAD")),
-        }.get(path)
-        if exact is None:
-            return None, (), None
-        return exact[0], exact[1], None
+        head, _, rest = path[1:].partition("/")
+        if head in self._routes and rest:
+            return (*self._routes[head], rest)
+        handler, allowed = self._exact.get(path, (None, ()))
+        return handler, allowed, None
 
     # -- responses ----------------------------------------------------------
 
     @staticmethod
-    def _plain(start_response: StartResponse, status: str, text: str,
+    def _plain(respond: StartResponse, status: str, text: str,
                headers: Iterable = ()) -> list[bytes]:
         body = text.encode()
-        start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                                ("Content-Length", str(len(body))), *headers])
+        respond(status, [("Content-Type", "text/plain; charset=utf-8"),
+                         ("Content-Length", str(len(body))), *headers])
         return [body]
 
     @staticmethod
-    def _json(start_response: StartResponse, value: dict, status: str = "200 OK") -> list[bytes]:
-        body = json.dumps(value).encode() + b"\n"
-        start_response(status, [("Content-Type", "application/json"),
-                                ("Content-Length", str(len(body))),
-                                ("Cache-Control", "no-store")])
+    def _body(respond: StartResponse, content_type: str, body: bytes) -> list[bytes]:
+        respond("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                           ("Cache-Control", "no-store")])
         return [body]
 
-    # -- streams --------------------------------------------------------------
+    def _json(self, respond: StartResponse, value: dict) -> list[bytes]:
+        return self._body(respond, "application/json", json.dumps(value).encode() + b"\n")
 
-    def test_stream(self, environ: dict, start_response: StartResponse,
-                    path_id: str) -> Iterable[bytes]:
-        ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
-        headers = [("Content-Type", transports.TEST_CONTENT_TYPE),
-                   ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")]
-        if environ["REQUEST_METHOD"] == "HEAD":
-            start_response("200 OK", headers)
+    # -- CORS -----------------------------------------------------------------
+
+    def _cors_headers(self, environ: dict, path: str) -> list[tuple[str, str]]:
+        origin = environ.get("HTTP_ORIGIN")
+        if not origin or not self._allowed_origins or not path.startswith(CORS_PREFIXES):
             return []
-        self._check_capacity()
-        sock = next((environ[k] for k in SOCKET_KEYS if k in environ), None)
-        if sock is not None:
-            sock.settimeout(self.settings.write_timeout)
-        conn = QueuedConnection("test", self.settings.queue_limit, sock)
-        start_response("200 OK", headers)
-        return self._test_life(conn, ids)
+        if "*" in self._allowed_origins:
+            return [("Access-Control-Allow-Origin", "*")]
+        if origin in self._allowed_origins:
+            return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return []
 
-    def _check_capacity(self) -> None:
-        if not self.accepting:
+    @staticmethod
+    def _preflight(respond: StartResponse) -> list[bytes]:
+        respond("204 No Content", [("Access-Control-Allow-Methods", "GET"),
+                                   ("Access-Control-Allow-Headers", "Last-Event-ID"),
+                                   ("Access-Control-Max-Age", "86400")])
+        return []
+
+    # -- subscribing ------------------------------------------------------------
+
+    def _connection(self, environ: dict, transport: str) -> QueuedConnection:
+        """A new connection record, once the server has room for one."""
+        if not self.subs.accepting:
             raise BadRequest("503 Service Unavailable", "server is shutting down",
                              (("Connection", "close"),))
-        if self.router.connections >= self.settings.max_connections:
-            self.stats.refused += 1
+        if not self.subs.has_room():
             raise BadRequest("503 Service Unavailable",
                              f"at capacity ({self.settings.max_connections} connections)",
                              (("Retry-After", "5"), ("Connection", "close")))
+        sock = next((environ[k] for k in SOCKET_KEYS if k in environ), None)
+        if sock is not None and transport != "poll":
+            sock.settimeout(self.settings.write_timeout)
+        return QueuedConnection(transport, self.settings.queue_limit, sock)
 
-    def _test_life(self, conn: QueuedConnection, ids: list[str]) -> Iterator[bytes]:
-        """One /test/ connection, from login to logout; sleeps between chunks."""
-        id = ids[0]
-        interval = self.settings.interval
-        self._opened(conn, ids)
-        try:
-            yield transports.test_welcome(id)
-            n = 1
-            next_tick = time.monotonic() + interval
-            while True:
-                for message in conn.take():
-                    yield transports.test_message(message)
-                if conn.ended is not None:
-                    break
-                now = time.monotonic()
-                if now >= next_tick:
-                    yield transports.test_tick(n, id)
-                    n += 1
-                    next_tick = max(next_tick + interval, now)
-                else:
-                    conn.wait(next_tick - now)
-            if not conn.abandoned:
-                yield transports.test_farewell(conn.ended)
-        finally:
-            self._closed(conn)
+    def _stream(self, environ: dict, respond: StartResponse, path_id: str,
+                transport: str, resume_from: str | None = None) -> Iterable[bytes]:
+        ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
+        framing = framing_for(transport, self.settings)
+        headers = [("Content-Type", framing.content_type), ("Cache-Control", "no-cache"),
+                   ("X-Accel-Buffering", "no")]
+        if environ["REQUEST_METHOD"] == "HEAD":
+            respond("200 OK", headers)
+            return []
+        conn = self._connection(environ, transport)
+        respond("200 OK", headers)
+        return stream_life(self.subs, conn, ids, framing, resume_from,
+                           resume=resume_from is not None)
 
-    def _opened(self, conn: QueuedConnection, ids: list[str]) -> None:
-        for id in ids:
-            self.router.login(id, conn)
-        self.stats.open[conn.transport] += 1
-        self.stats.accepted += 1
-        log.debug("login %s on %s", ",".join(ids), conn.transport)
+    def test_stream(self, environ: dict, respond: StartResponse, path_id: str):
+        return self._stream(environ, respond, path_id, "test")
 
-    def _closed(self, conn: QueuedConnection) -> None:
-        ids = ",".join(conn.ids)
-        self.router.logout(conn)
-        self.stats.open[conn.transport] -= 1
-        log.debug("logout %s (%s)", ids, conn.ended or "client gone")
+    def events(self, environ: dict, respond: StartResponse, path_id: str):
+        return self._stream(environ, respond, path_id, "events", last_event_id(environ))
 
-    def shutdown(self, reason: str = "server shutting down") -> int:
-        """Refuse new streams and end every open one cleanly; returns how many."""
-        self.accepting = False
-        conns = list(self.router.all_connections())
-        for conn in conns:
-            self.router.logout(conn)
-            conn.end(reason)
-        return len(conns)
+    def poll(self, environ: dict, respond: StartResponse, path_id: str) -> list[bytes]:
+        query = environ.get("QUERY_STRING", "")
+        ids = ids_of(path_id, query)
+        since = last_event_id(environ, header=None, param="since")
+        conn = self._connection(environ, "poll")
+        return self._body(respond, transports.POLL_CONTENT_TYPE,
+                          poll_once(self.subs, conn, ids, since))
+
+    def websocket(self, environ: dict, respond: StartResponse, path_id: str) -> list[bytes]:
+        ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
+        ws = environ.get("wsgi.websocket")
+        if ws is None:
+            raise BadRequest("426 Upgrade Required",
+                             "a WebSocket handshake is expected here (and a server that "
+                             "speaks it: python -m comet.server, or gunicorn with "
+                             "geventwebsocket.gunicorn.workers.GeventWebSocketWorker)",
+                             (("Upgrade", "websocket"),))
+        websocket_life(self.subs, ws, self._connection(environ, "ws"), ids)
+        return []
+
+    def shutdown(self) -> int:
+        return self.subs.shutdown()
 
     # -- publishing -----------------------------------------------------------
 
@@ -182,21 +200,38 @@ class CometApp:
         check_publisher(environ, self.settings.publish_key)
         return read_body(environ, self.settings.max_message, self.settings.read_timeout)
 
-    def send(self, environ: dict, start_response: StartResponse, path_id: str) -> list[bytes]:
+    def send(self, environ: dict, respond: StartResponse, path_id: str) -> list[bytes]:
         id = check_id(path_id)
-        message = self._message(environ)
-        return self._json(start_response, {"id": id, "delivered": self.router.send(id, message)})
+        message, delivered = self.subs.publish(id, self._message(environ))
+        return self._json(respond, {"id": id, "message": message.id, "delivered": delivered})
 
-    def broadcast(self, environ: dict, start_response: StartResponse, _: None) -> list[bytes]:
-        message = self._message(environ)
-        return self._json(start_response, {"delivered": self.router.broadcast(message)})
+    def broadcast(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
+        message, delivered = self.subs.broadcast(self._message(environ))
+        return self._json(respond, {"message": message.id, "delivered": delivered})
 
-    # -- introspection ----------------------------------------------------------
+    # -- pages and introspection ------------------------------------------------
 
-    def stats_json(self, environ: dict, start_response: StartResponse, _: None) -> list[bytes]:
-        return self._json(start_response, self.stats.snapshot())
+    def page(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
+        body = resources.files("comet").joinpath("static/index.html").read_bytes()
+        return self._body(respond, "text/html; charset=utf-8", body)
 
-    def health(self, environ: dict, start_response: StartResponse, _: None) -> list[bytes]:
-        if not self.accepting:
-            return self._plain(start_response, "503 Service Unavailable", "shutting down\n")
-        return self._plain(start_response, "200 OK", "ok\n")
+    def stats_json(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
+        return self._json(respond, self.stats.snapshot())
+
+    def health(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
+        if not self.subs.accepting:
+            return self._plain(respond, "503 Service Unavailable", "shutting down\n")
+        return self._plain(respond, "200 OK", "ok\n")
+
+
+def _origins(setting: str | None) -> frozenset[str]:
+    return frozenset(o.strip() for o in (setting or "").split(",") if o.strip())
+
+
+def _with_headers(start_response: StartResponse, extra: list) -> StartResponse:
+    if not extra:
+        return start_response
+
+    def respond(status: str, headers: list, exc_info=None):
+        return start_response(status, [*headers, *extra], exc_info)
+    return respond

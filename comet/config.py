@@ -26,6 +26,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be 0 or more, not {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -89,6 +96,20 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds one write to a client may block before the client is dropped"),
     Setting("shutdown_timeout", positive_float, 5.0,
             "seconds SIGTERM waits for streams to end before closing them hard"),
+    Setting("heartbeat", positive_float, 15.0,
+            "seconds between SSE comment heartbeats and WebSocket pings"),
+    Setting("sse_retry", positive_int, 2000,
+            "milliseconds an EventSource waits before reconnecting (the retry: hint)"),
+    Setting("poll_timeout", positive_float, 30.0,
+            "seconds a long-poll waits for a message before answering empty"),
+    Setting("history", non_negative_int, 100,
+            "messages kept per id for clients that resume (0: no history)"),
+    Setting("history_ttl", positive_float, 300.0, "seconds a message is kept for resuming"),
+    Setting("history_memory", positive_int, 64 * 1024 * 1024,
+            "bytes of message data the history keeps at most, over all ids"),
+    Setting("allow_origin", text_or_none, None,
+            "CORS: origins allowed to use /events, /poll and /ws from a page elsewhere "
+            "('*' or a comma-separated list)"),
     Setting("log_level", log_level, "INFO", "debug, info, warning or error"),
 )
 
@@ -167,3 +188,7 @@ def options_table() -> str:
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level),
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+
+
+if __name__ == "__main__":
+    print(options_table())

@@ -29,6 +29,7 @@ class QueuedConnection:
         "_socket",    #: the client socket when the server exposes it, to abort writes
         "ended",      #: None while live, else why the stream ends
         "abandoned",  #: True when dropped: end without a farewell
+        "seen",       #: seq of the newest message written (replay dedupe)
     )
 
     def __init__(self, transport: str, limit: int, sock: socket.socket | None = None) -> None:
@@ -40,6 +41,7 @@ class QueuedConnection:
         self._socket = sock
         self.ended: str | None = None
         self.abandoned = False
+        self.seen = 0
 
     def deliver(self, message: Any) -> bool:
         if self.ended is not None:
@@ -72,10 +74,13 @@ class QueuedConnection:
         self._wakeup.set()
 
     def take(self) -> list:
-        """Everything queued, oldest first; empties the queue."""
-        items = list(self._queue)
+        """What is queued and not yet seen (a replay may have covered it), oldest first."""
+        seen = self.seen
+        items = [m for m in self._queue if m.seq > seen]
         self._queue.clear()
         self._wakeup.clear()
+        if items:
+            self.seen = items[-1].seq
         return items
 
     def wait(self, timeout: float) -> None:

@@ -102,3 +102,15 @@ def read_body(environ: dict, limit: int, timeout: float) -> bytes:
     if not body:
         raise BadRequest("400 Bad Request", "empty message")
     return body
+
+
+def last_event_id(environ: dict, header: str | None = "HTTP_LAST_EVENT_ID",
+                  param: str = "last_event_id") -> str | None:
+    """Where a client says what it saw last: a header, or a query parameter for polyfills."""
+    value = environ.get(header) if header else None
+    if value is None:
+        values = parse_qs(environ.get("QUERY_STRING", "")).get(param)
+        value = values[0] if values else None
+    if value is not None and (len(value) > 128 or not value.isprintable()):
+        raise BadRequest("400 Bad Request", f"bad {param}: at most 128 printable characters")
+    return value or None

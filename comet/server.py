@@ -17,6 +17,7 @@ import gevent
 import gevent.event
 import gevent.pool
 from gevent import pywsgi, socket
+from geventwebsocket.handler import WebSocketHandler
 
 from comet import config
 from comet.app import CometApp
@@ -29,8 +30,9 @@ log = logging.getLogger("comet.server")
 FD_MARGIN = 100
 
 
-class CometHandler(pywsgi.WSGIHandler):
-    """pywsgi's handler, with the client socket in the environ and bounded reads.
+class CometHandler(WebSocketHandler):
+    """pywsgi's handler (via gevent-websocket's, for /ws/), with the client socket
+    in the environ and bounded reads.
 
     ``comet.socket`` lets a stream shut its socket down when the router drops it
     as a slow consumer and set its write timeout. A socket read timeout bounds
@@ -132,7 +134,7 @@ def serve(settings: config.Settings) -> int:
         gevent.signal_handler(signum, stopping.set)
     stopping.wait()
     server.close()
-    log.info("shutting down: stopped accepting; ending %d streams", app.shutdown())
+    log.info("shutting down: stopped accepting; ending %d connections", app.shutdown())
     server.stop(timeout=settings.shutdown_timeout)
     log.info("stopped")
     return 0

@@ -4,11 +4,16 @@ Nothing here touches a socket or knows about routing: each function takes a
 message (bytes) or a count and returns the bytes a transport sends, so framing
 is tested without a server (the h11 way).
 
-``/test/`` (the seed's chunked stream) sends lines; the HTTP server wraps each
-in a chunk of its own.
+``/test/`` (the seed's chunked stream) sends lines and SSE sends events; the
+HTTP server wraps each in a chunk of its own. Long-poll answers one JSON
+document; WebSocket sends a message's text as one text frame (the framing
+itself is gevent-websocket's).
 """
 
 from __future__ import annotations
+
+import json
+import re
 
 #: Content type of the seed's /test/ stream.
 TEST_CONTENT_TYPE = "text/html; charset=utf-8"
@@ -24,11 +29,64 @@ def test_tick(n: int, id: str) -> bytes:
     return f"Chunk {n} for id {id}\n".encode()
 
 
-def test_message(message: bytes) -> bytes:
+def test_message(message) -> bytes:
     """A routed message on /test/ (the seed's part 2: ``Recvd msg``)."""
-    return b"Recvd msg: " + message + b"\n"
+    return b"Recvd msg: " + message.data + b"\n"
 
 
 def test_farewell(reason: str) -> bytes:
     """The last data chunk of a stream the server ends on purpose (shutdown)."""
     return f"Bye: {reason}\n".encode()
+
+
+# -- Server-Sent Events (WHATWG HTML, "Server-sent events") --------------------
+
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+
+#: a comment line: keeps proxies from closing an idle stream, and finds dead peers
+SSE_HEARTBEAT = b": heartbeat\n\n"
+
+#: name of the event that tells a resuming client some messages are gone
+MISSED_EVENT = "missed"
+
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+def sse_event(data: bytes, id: str | None = None, event: str | None = None) -> bytes:
+    """One event; each line of ``data`` becomes a ``data:`` line (the spec joins them with LF)."""
+    head = b""
+    if event:
+        head += b"event: " + event.encode() + b"\n"
+    if id:
+        head += b"id: " + id.encode() + b"\n"
+    return head + b"".join(b"data: " + line + b"\n" for line in _LINE_BREAK.split(data)) + b"\n"
+
+
+def sse_retry(milliseconds: int) -> bytes:
+    """The reconnection delay hint; sent first, so headers and an event go out at once."""
+    return b"retry: %d\n\n" % milliseconds
+
+
+def sse_missed(position: str, last_event_id: str | None) -> bytes:
+    """Some messages after ``last_event_id`` are gone; resume from ``position``."""
+    detail = json.dumps({"last_event_id": last_event_id, "resume_from": position})
+    return sse_event(detail.encode(), id=position, event=MISSED_EVENT)
+
+
+# -- long-poll JSON -------------------------------------------------------------
+
+POLL_CONTENT_TYPE = "application/json"
+
+
+def poll_answer(messages: list, last: str, missed: bool = False) -> bytes:
+    """``{"messages": [{"id", "data"}], "last": ...}``; data is UTF-8 text (bad bytes replaced)."""
+    answer = {"messages": [{"id": m.id, "data": text_of(m.data)} for m in messages],
+              "last": last}
+    if missed:
+        answer["missed"] = True
+    return json.dumps(answer).encode() + b"\n"
+
+
+def text_of(data: bytes) -> str:
+    """Message bytes as text for JSON and WebSocket text frames."""
+    return data.decode("utf-8", errors="replace")

@@ -15,7 +15,10 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import tempfile
+
+import gevent
 
 from comet import config
 from comet.app import CometApp
@@ -48,5 +51,27 @@ def _make_application() -> CometApp:
     return CometApp(settings)
 
 
+def _end_streams_when_gunicorn_stops(app: CometApp) -> None:
+    """Chain the worker's stop signals so streams end cleanly (farewell, last chunk).
+
+    gunicorn installs its handlers before it imports the app; without this its
+    graceful stop would wait --graceful-timeout for streams that never end and
+    then cut them. The chained handler only schedules ``app.shutdown`` on the
+    event loop (no greenlet work inside a signal handler) and calls gunicorn's.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        previous = signal.getsignal(signum)
+        owner = getattr(previous, "__self__", None)
+        if not type(owner).__module__.startswith("gunicorn"):
+            continue
+
+        def chained(sig, frame, previous=previous):
+            gevent.get_hub().loop.run_callback_threadsafe(app.shutdown)
+            previous(sig, frame)
+
+        signal.signal(signum, chained)
+
+
 _worker_lock = _claim_only_worker()
 application = _make_application()
+_end_streams_when_gunicorn_stops(application)

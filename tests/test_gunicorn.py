@@ -47,12 +47,15 @@ def test_gunicorn_gevent_worker_serves_streams_and_publishing():
         assert stream.next_chunk() == b"comet welcomes you! Your Id: g\n"
         assert stream.next_chunk() == b"Chunk 1 for id g\n"
         sent = requests.post(f"http://127.0.0.1:{port}/send/g", data=b"via gunicorn", timeout=10)
-        assert sent.json() == {"id": "g", "delivered": 1}
+        assert sent.json()["delivered"] == 1
         got = stream.chunks_until(lambda c: c.startswith(b"Recvd"))
         assert got[-1] == b"Recvd msg: via gunicorn\n"
-        stream.close()
+        proc.terminate()  # SIGTERM: the stream ends cleanly, gunicorn exits
+        got = stream.chunks_until(lambda c: c.startswith(b"Bye"))
+        assert got[-1] == b"Bye: server shutting down\n" and stream.next_chunk() == b""
+        assert proc.wait(20) == 0
     finally:
-        proc.terminate()
+        proc.kill()
         proc.wait(20)
 
 

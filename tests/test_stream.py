@@ -27,7 +27,7 @@ def test_message_arrives_on_its_stream_and_only_there(server):
     mine.next_chunk(), other.next_chunk()
     server.wait_for(lambda s: s["connections"]["total"] == 2, what="two streams")
     answer = post(server, "/send/me", b"hello me")
-    assert answer.status_code == 200 and answer.json() == {"id": "me", "delivered": 1}
+    assert answer.status_code == 200 and answer.json()["delivered"] == 1
     got = mine.chunks_until(lambda c: c.startswith(b"Recvd"))
     assert got[-1] == b"Recvd msg: hello me\n"
     # the other stream sees only ticks until well after the message
@@ -59,7 +59,7 @@ def test_broadcast_reaches_every_stream(server):
     for stream in streams:
         stream.next_chunk()
     server.wait_for(lambda s: s["connections"]["total"] == 5, what="five streams")
-    assert post(server, "/broadcast", b"all").json() == {"delivered": 5}
+    assert post(server, "/broadcast", b"all").json()["delivered"] == 5
     for stream in streams:
         assert stream.chunks_until(lambda c: c.startswith(b"Recvd"))[-1] == b"Recvd msg: all\n"
 

@@ -1,0 +1,168 @@
+"""Message ids and a bounded history, so a client that reconnects gets what it missed.
+
+Every accepted message gets an id ``<epoch>-<seq>``: ``seq`` counts up across
+all messages of this history (so it is ordered per user id, and a connection
+logged in as several ids can merge them), and ``epoch`` is drawn when the
+history is created, as Centrifugo does: after a restart the epoch differs, so
+an id from before is recognised as such and never mistaken for a new one.
+
+Callers use only :class:`History`'s methods (``publish``, ``publish_all``,
+``since``, ``position``), never its containers: a Redis-backed history is to
+replace this in-memory one when several processes serve.
+
+Bounds: at most ``per_id`` messages per id, none older than ``ttl`` seconds,
+and at most ``max_bytes`` of message data in all. One global deque in seq
+order finds the oldest message at once for all three. An id with no history
+and no connection costs nothing: its entry goes with its last message.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from typing import NamedTuple
+
+#: the "user id" under which broadcasts are kept
+BROADCAST = "*"
+
+
+class Message:
+    """One accepted message: its id (``<epoch>-<seq>``), its bytes, and ``seq`` to order it."""
+
+    __slots__ = ("id", "data", "seq")
+
+    def __init__(self, epoch: str, seq: int, data: bytes) -> None:
+        self.id = f"{epoch}-{seq}"
+        self.data = data
+        self.seq = seq
+
+    def __repr__(self) -> str:
+        return f"Message({self.id!r}, {self.data[:40]!r})"
+
+
+class Replay(NamedTuple):
+    """What a reconnecting client gets: the messages after its id, and whether some are lost."""
+
+    messages: list[Message]
+    missed: bool
+
+
+def parse_position(text: str | None, epoch: str) -> int | None:
+    """The seq of ``text`` if it is an id of this epoch; None for another epoch or garbage."""
+    if not text:
+        return None
+    head, _, tail = text.strip().rpartition("-")
+    if head != epoch or not tail.isdigit():
+        return None
+    return int(tail)
+
+
+class MemoryHistory:
+    """The in-process history: per id deques of :class:`Message`, bounded three ways."""
+
+    def __init__(self, per_id: int = 100, ttl: float = 300.0,
+                 max_bytes: int = 64 * 1024 * 1024, clock=time.monotonic) -> None:
+        self.epoch = os.urandom(4).hex()
+        self.per_id = per_id
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._seq = 0
+        self._by_id: dict[str, deque] = {}
+        #: (seq, id, time) of every kept message, oldest first
+        self._order: deque = deque()
+        self._bytes = 0
+        #: messages kept (entries of _order may also stand for ones evicted by count)
+        self._count = 0
+        #: highest seq evicted for each id that still has history (gap detection)
+        self._evicted: dict[str, int] = {}
+        #: highest seq evicted for an id whose history is now empty, across all ids
+        self._evicted_floor = 0
+
+    # -- writing --------------------------------------------------------------
+
+    def publish(self, id: str, data: bytes) -> Message:
+        """Give ``data`` the next id and keep it under ``id``."""
+        self._seq += 1
+        message = Message(self.epoch, self._seq, data)
+        if self.per_id > 0:
+            kept = self._by_id.setdefault(id, deque())
+            kept.append(message)
+            self._order.append((message.seq, id, self._clock()))
+            self._bytes += len(data)
+            self._count += 1
+            if len(kept) > self.per_id:
+                self._evict_front(id)
+                self._compact()
+        self.expire()
+        return message
+
+    def publish_all(self, data: bytes) -> Message:
+        """A broadcast: kept once, replayed to every id."""
+        return self.publish(BROADCAST, data)
+
+    def expire(self) -> None:
+        """Drop messages past the ttl or the byte budget, oldest first."""
+        now = self._clock()
+        while self._order and (self._bytes > self.max_bytes
+                               or now - self._order[0][2] > self.ttl):
+            seq, id, _ = self._order.popleft()
+            kept = self._by_id.get(id)
+            if kept and kept[0].seq == seq:
+                self._evict_front(id)
+
+    def _evict_front(self, id: str) -> None:
+        # An entry evicted by count stays in _order until it reaches the front,
+        # where expire() finds it no longer kept and skips it.
+        kept = self._by_id[id]
+        gone = kept.popleft()
+        self._bytes -= len(gone.data)
+        self._count -= 1
+        if kept:
+            self._evicted[id] = gone.seq
+        else:
+            del self._by_id[id]
+            self._evicted.pop(id, None)
+            self._evicted_floor = max(self._evicted_floor, gone.seq)
+
+    def _compact(self) -> None:
+        """Forget _order entries of messages evicted by count, so _order stays bounded."""
+        if len(self._order) > 2 * self._count + 1024:
+            first = {id: kept[0].seq for id, kept in self._by_id.items()}
+            self._order = deque(entry for entry in self._order
+                                if entry[0] >= first.get(entry[1], entry[0] + 1))
+
+    # -- reading --------------------------------------------------------------
+
+    def position(self) -> str:
+        """The id a client that has seen everything so far would hold."""
+        return f"{self.epoch}-{self._seq}"
+
+    def since(self, ids: list[str] | tuple[str, ...], last: str | None) -> Replay:
+        """Messages for ``ids`` (and broadcasts) after ``last``, oldest first.
+
+        ``missed`` is true when ``last`` is of another epoch (the server
+        restarted) or older than what is kept, so some messages are gone. For
+        an id that keeps nothing now, nothing per id is remembered (that is what
+        makes it free), so any eviction after ``last`` counts: the answer may
+        say "missed" when unsure, never stay silent about a loss.
+        """
+        after = parse_position(last, self.epoch)
+        if after is None or after > self._seq:
+            return Replay([], True)
+        self.expire()
+        found: list[Message] = []
+        missed = False
+        for id in (*ids, BROADCAST):
+            kept = self._by_id.get(id)
+            if kept is None:
+                missed = missed or self._evicted_floor > after
+                continue
+            missed = missed or self._evicted.get(id, 0) > after
+            found.extend(m for m in kept if m.seq > after)
+        found.sort(key=lambda m: m.seq)
+        return Replay(found, missed)
+
+    def __len__(self) -> int:
+        return self._count

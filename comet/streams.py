@@ -1,0 +1,82 @@
+"""The life of a streaming response (``/test/`` chunked lines, ``/events/`` SSE).
+
+One generator per connection, from login to logout: it yields what the client
+must read next and otherwise sleeps in :meth:`QueuedConnection.wait`, the way
+one Erlang process per connection sleeps in ``receive`` in the seed. The HTTP
+server writes each yielded piece as one chunk; when a write fails the server
+closes the generator and ``finally`` logs the connection out at once.
+
+What differs between transports is only framing, given by a :class:`Framing`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+from comet import transports
+from comet.connection import QueuedConnection
+from comet.subscriptions import Subscriptions
+
+
+class Framing(NamedTuple):
+    """How one streaming transport frames what it sends."""
+
+    name: str                                   #: transport name in /stats
+    content_type: str
+    opening: Callable[[str], bytes]             #: first chunk, from the first id
+    message: Callable                           #: Message -> bytes
+    tick: Callable[[int, str], bytes]           #: (n, id) -> periodic chunk
+    farewell: Callable[[str], bytes | None]     #: reason -> last chunk, or None
+    missed: Callable[[str, str | None], bytes] | None  #: (position, last id) -> notice
+    period: str                                 #: the Settings attribute giving tick seconds
+
+
+def framing_for(name: str, settings) -> Framing:
+    if name == "test":
+        return Framing("test", transports.TEST_CONTENT_TYPE, transports.test_welcome,
+                       transports.test_message, transports.test_tick,
+                       transports.test_farewell, None, "interval")
+    if name == "events":
+        retry = transports.sse_retry(settings.sse_retry)
+        return Framing("events", transports.SSE_CONTENT_TYPE, lambda id: retry,
+                       lambda m: transports.sse_event(m.data, id=m.id),
+                       lambda n, id: transports.SSE_HEARTBEAT, lambda reason: None,
+                       transports.sse_missed, "heartbeat")
+    raise ValueError(name)
+
+
+def stream_life(subs: Subscriptions, conn: QueuedConnection, ids: list[str],
+                framing: Framing, last_id: str | None = None,
+                resume: bool = False) -> Iterator[bytes]:
+    """One connection's response body; logs out in ``finally`` whatever ends it."""
+    period = getattr(subs.settings, framing.period)
+    id = ids[0]
+    replay = subs.open(conn, ids, last_id, resume)
+    try:
+        yield framing.opening(id)
+        if replay is not None:
+            if replay.missed and framing.missed is not None:
+                yield framing.missed(subs.history.position(), last_id)
+            for message in replay.messages:
+                yield framing.message(message)
+        n = 1
+        next_tick = time.monotonic() + period
+        while True:
+            for message in conn.take():
+                yield framing.message(message)
+            if conn.ended is not None:
+                break
+            now = time.monotonic()
+            if now >= next_tick:
+                yield framing.tick(n, id)
+                n += 1
+                next_tick = max(next_tick + period, now)
+            else:
+                conn.wait(next_tick - now)
+        farewell = None if conn.abandoned else framing.farewell(conn.ended)
+        if farewell:
+            yield farewell
+    finally:
+        subs.close(conn)
