@@ -20,8 +20,8 @@ import gevent
 from flood import report, stats
 from flood import transport as transports
 from flood.procs import FD_RESERVE, Children, procs_needed, raise_nofile
-from flood.sources import parse_sources
-from flood.urls import load_urls
+from flood.sources import parse_sources, port_warning
+from flood.urls import load_urls, parse_url
 from flood.worker import Flood, Plan
 
 #: Seconds children get to import and start before the shared schedule begins.
@@ -104,6 +104,16 @@ def _run_children(plan: Plan, procs: int, reporter: report.Reporter, every: floa
     return stats.sum_snapshots(children.snapshots())
 
 
+def per_destination(urls: list[str]) -> dict[str, int]:
+    """Connections per ``host:port``: what each source address needs ports for."""
+    counts: dict[str, int] = {}
+    for url in urls:
+        target = parse_url(url)
+        key = f"{target.host}:{target.port}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def print_line(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
@@ -119,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if not urls.urls:
         sys.stderr.write(f"flood: no usable URL in {args.urlfile}\n")
         return 2
+    for line in port_warning(per_destination(urls.urls), sources).splitlines():
+        sys.stderr.write(f"flood: {line}\n")
     nofile = raise_nofile()
     procs = args.procs or procs_needed(len(urls.urls), nofile)
     if len(urls.urls) / procs > nofile - FD_RESERVE:

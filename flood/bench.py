@@ -20,12 +20,13 @@ import tempfile
 import time
 
 import gevent
+import psutil
 import requests
 
 from flood import latency, memory, stats
 from flood.procs import Children, procs_needed, raise_nofile
 from flood.report import write_json
-from flood.sources import parse_sources
+from flood.sources import parse_sources, port_warning
 from flood.urls import generate
 from flood.worker import Plan
 
@@ -65,6 +66,7 @@ class Bench:
         self.t0 = time.time()
         self.progress = sys.stderr.isatty()
         self.client_procs = 0
+        self._cpu_procs: list[psutil.Process] = []
 
     def log(self, text: str) -> None:
         sys.stderr.write(("\r\x1b[K" if self.progress else "") + text + "\n")
@@ -139,14 +141,28 @@ class Bench:
                "closed": total["closed"], "chunks": total["chunks"],
                "attempted": total["attempted"], "pending": total["pending"],
                "client_rss_bytes": total["rss_bytes"],
-               "server_rss_bytes": memory.process_memory(self.server_pids, pss=False)["rss_bytes"]}
+               "server_rss_bytes": memory.process_memory(self.server_pids, pss=False)["rss_bytes"],
+               "server_cpu_percent": self.server_cpu()}
         self.series.append(row)
+        return total
+
+    def server_cpu(self) -> float:
+        """CPU % of the server processes since the previous sample (100 = one core)."""
+        if not self._cpu_procs:
+            self._cpu_procs = memory.process_tree(self.server_pids)
+        total = 0.0
+        for proc in self._cpu_procs:
+            try:
+                total += proc.cpu_percent(interval=None)
+            except psutil.NoSuchProcess:
+                pass
         return total
 
     def show(self, phase: str, total: dict, rate: float) -> None:
         text = (f"{phase}: {total['active']}/{self.args.connections} active, "
                 f"{total['closed']} closed, {rate:.0f} conn/s, server RSS "
-                f"{self.series[-1]['server_rss_bytes'] / 1e6:.1f} MB")
+                f"{self.series[-1]['server_rss_bytes'] / 1e6:.1f} MB, "
+                f"CPU {self.series[-1]['server_cpu_percent']:.0f}%")
         if self.progress:
             sys.stderr.write("\r\x1b[K" + text)
             sys.stderr.flush()
@@ -234,6 +250,10 @@ class Bench:
             self.result["target"] = self.target
             with os.fdopen(fd, "w") as fh:
                 fh.writelines(u + "\n" for u in generate(args.connections, self.target))
+            warning = port_warning({self.target: args.connections},
+                                   parse_sources(args.source) if args.source else [])
+            if warning:
+                self.log(f"bench: {warning}")
             self.wait_idle()
             before = self.measure()
             children, ready = self.flood(url_file)

@@ -28,7 +28,7 @@ FIGURES = {
 FANOUT = {"answer", "answer_s", "expected", "received", "count", "p50_ms", "p99_ms", "max_ms",
           "all_received_ms", "deliveries_per_s", "buckets"}
 SERIES = {"t", "active", "closed", "chunks", "attempted", "pending", "client_rss_bytes",
-          "server_rss_bytes"}
+          "server_rss_bytes", "server_cpu_percent"}
 
 
 def bench(tmp_path, *extra: str) -> dict:

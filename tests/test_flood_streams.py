@@ -76,3 +76,20 @@ def test_parse_sources_forms():
     for bad in ("", "127.0.0.9-127.0.0.2", "nonsense", "300.0.0.1"):
         with pytest.raises(ValueError):
             parse_sources(bad)
+
+
+def test_port_warning_names_the_even_half_and_the_whole_range():
+    from flood.sources import ephemeral_range, port_warning
+    lo, hi = ephemeral_range()
+    half = (hi - lo + 1) // 2
+    assert port_warning({"127.0.0.1:8000": half}, []) == ""
+    assert "the even half" in port_warning({"127.0.0.1:8000": half + 1}, [])
+    assert port_warning({"127.0.0.1:8000": half + 1}, ["127.0.0.2", "127.0.0.3"]) == ""
+    assert "the rest will fail" in port_warning({"127.0.0.1:8000": 2 * half + 10}, [])
+
+
+def test_connect_cost_reports_a_row_per_step(capsys):
+    from flood.connect_cost import main
+    assert main(["--connections", "40", "--step", "20", "--source", "127.0.0.2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "connect() mean" in line]
+    assert len(rows) == 2 and rows[1].split()[0] == "40"
