@@ -56,6 +56,8 @@ class Reporter:
             "ramp_s": (total["last_connect"] - total["first_connect"]
                        if total["connected"] else None),
             "client_rss_bytes": total["rss_bytes"],
+            "client_rss_ready_bytes": total["rss_ready_bytes"],
+            "client_kb_per_conn": stats.client_kb_per_conn(total),
             "closed_reasons": total["reasons"], "latency": total["latency"],
         }
 

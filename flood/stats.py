@@ -15,7 +15,8 @@ from collections import Counter
 from flood import latency
 
 #: Snapshot keys that add up across processes.
-SUMMED = ("active", "closed", "chunks", "attempted", "connected", "rss_bytes", "pending")
+SUMMED = ("active", "closed", "chunks", "attempted", "connected", "rss_bytes", "pending",
+          "rss_ready_bytes")
 #: Snapshot keys where the sum is the maximum or minimum over processes.
 LATEST = ("last_connect",)
 EARLIEST = ("first_connect",)
@@ -39,7 +40,8 @@ class Counters:
     """One process's tallies; the flood mutates these directly for speed."""
 
     __slots__ = ("active", "closed", "chunks", "attempted", "connected", "pending",
-                 "peak_active", "first_connect", "last_connect", "reasons", "latency")
+                 "peak_active", "first_connect", "last_connect", "reasons", "latency",
+                 "rss_ready")
 
     def __init__(self) -> None:
         self.active = 0         #: streams whose 200 head arrived and that are still open
@@ -53,6 +55,7 @@ class Counters:
         self.last_connect = 0.0   #: time the latest stream became Active
         self.reasons: Counter[str] = Counter()
         self.latency = latency.Latency()
+        self.rss_ready = 0      #: this process's RSS before its first connection
 
     def opened(self, now: float) -> None:
         self.active += 1
@@ -77,7 +80,7 @@ class Counters:
             "peak_active": self.peak_active,
             "first_connect": self.first_connect, "last_connect": self.last_connect,
             "reasons": dict(self.reasons),
-            "rss_bytes": own_rss(),
+            "rss_bytes": own_rss(), "rss_ready_bytes": self.rss_ready,
             "hist": self.latency.encode(),
         }
 
@@ -113,6 +116,13 @@ def accept_rate(snap: dict) -> float | None:
     return (snap["connected"] - 1) / span
 
 
+def client_kb_per_conn(snap: dict) -> float | None:
+    """Flood memory per held stream: RSS growth since before the first connection."""
+    if not snap["active"] or not snap["rss_ready_bytes"]:
+        return None
+    return (snap["rss_bytes"] - snap["rss_ready_bytes"]) / snap["active"] / 1024
+
+
 def summary_lines(snap: dict, elapsed: float) -> list[str]:
     """The end-of-run report a person reads; the JSON file carries the same numbers."""
     rate = accept_rate(snap)
@@ -125,8 +135,12 @@ def summary_lines(snap: dict, elapsed: float) -> list[str]:
         f"  closed           {snap['closed']}",
         f"  chunks           {snap['chunks']}",
         f"  accept rate      {rate:.0f} streams/s" if rate else "  accept rate      -",
-        f"  client RSS       {snap['rss_bytes'] / 1e6:.1f} MB",
+        f"  client RSS       {snap['rss_bytes'] / 1e6:.1f} MB "
+        f"({snap['rss_ready_bytes'] / 1e6:.1f} MB before connecting)",
     ]
+    per_conn = client_kb_per_conn(snap)
+    if per_conn is not None:
+        lines.append(f"  client memory    {per_conn:.2f} KB per held stream")
     lat = snap["latency"]
     if lat["count"]:
         lines.append(f"  latency          p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, "

@@ -22,7 +22,7 @@ import gevent.pool
 
 from flood import transport as transports
 from flood.connect import Connector
-from flood.stats import Counters
+from flood.stats import Counters, own_rss
 from flood.streams import Reader
 from flood.urls import load_urls
 
@@ -117,6 +117,7 @@ class Flood:
         """Flood until the duration ends, :meth:`stop` is called, or nothing is left to do."""
         plan = self.plan
         self.started = plan.start_at or time.time()
+        self.counters.rss_ready = own_rss()
         deadline = self.started + plan.duration if plan.duration is not None else None
         self.reader.start()
         ramp = gevent.spawn(self._ramp)
@@ -151,6 +152,7 @@ def run_child(plan: Plan) -> int:
     flood = Flood(plan, urls, lambda text: _write({"ev": "line", "text": text}))
     gevent.signal_handler(signal.SIGINT, flood.stop)
     gevent.signal_handler(signal.SIGTERM, flood.stop)
+    flood.counters.rss_ready = own_rss()
     _write({"ev": "ready", **flood.snapshot()})
     final = flood.run(on_tick=lambda: _write({"ev": "stats", **flood.snapshot()}),
                       tick=plan.emit_every)

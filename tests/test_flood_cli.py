@@ -46,6 +46,7 @@ def test_duration_ends_the_run_with_a_summary_and_a_json_file(tmp_path):
     assert summary["connected"] == summary["active_at_end"] == summary["attempted"] == 20
     assert summary["closed"] == 0 and summary["procs"] == 1
     assert summary["chunks"] >= 20
+    assert summary["client_rss_ready_bytes"] > 0 and summary["client_kb_per_conn"] is not None
     assert doc["series"] and {"t", "active", "closed", "chunks", "latency"} <= set(doc["series"][0])
 
 
