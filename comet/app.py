@@ -149,7 +149,10 @@ class CometApp:
         sock = next((environ[k] for k in SOCKET_KEYS if k in environ), None)
         if sock is not None and transport != "poll":
             sock.settimeout(self.settings.write_timeout)
-        return QueuedConnection(transport, self.settings.queue_limit, sock)
+        # A dropped WebSocket finishes its current frame (bounded by --write-timeout)
+        # so that it can send close code 1008; other streams are cut at once.
+        abort = sock if transport in ("test", "events") else None
+        return QueuedConnection(transport, self.settings.queue_limit, abort)
 
     def _stream(self, environ: dict, respond: StartResponse, path_id: str,
                 transport: str, resume_from: str | None = None) -> Iterable[bytes]:
@@ -190,6 +193,27 @@ class CometApp:
                              (("Upgrade", "websocket"),))
         websocket_life(self.subs, ws, self._connection(environ, "ws"), ids)
         return []
+
+    def refuses_websocket(self, handler) -> bool:
+        """gevent-websocket's ``pre_start_hook``: True answers over plain HTTP, no upgrade.
+
+        gevent-websocket completes the handshake before the app runs, so a bad
+        id or a full server could only be told with a close frame. Checked
+        here first, such requests reach the app un-upgraded and get their 4xx
+        or 503 like any other request.
+        """
+        environ = handler.environ
+        if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
+            return False
+        route, _, path_id = self._route(environ.get("PATH_INFO", "/"))
+        if route != self.websocket:
+            return True
+        try:
+            ids_of(path_id, environ.get("QUERY_STRING", ""))
+        except BadRequest:
+            return True
+        return (not self.subs.accepting
+                or self.router.connections >= self.settings.max_connections)
 
     def shutdown(self) -> int:
         return self.subs.shutdown()

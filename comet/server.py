@@ -110,9 +110,11 @@ def make_server(settings: config.Settings, app: CometApp) -> pywsgi.WSGIServer:
     listener.listen(min(65535, max(1024, settings.max_connections)))
     handler = type("Handler", (CometHandler,), {"read_timeout": settings.read_timeout})
     # An unbounded pool only so that stop() can wait for the handlers to finish.
-    return pywsgi.WSGIServer(listener, app, handler_class=handler, spawn=gevent.pool.Pool(),
-                             log=logging.getLogger("comet.access"),
-                             error_log=logging.getLogger("comet.error"))
+    server = pywsgi.WSGIServer(listener, app, handler_class=handler, spawn=gevent.pool.Pool(),
+                               log=logging.getLogger("comet.access"),
+                               error_log=logging.getLogger("comet.error"))
+    server.pre_start_hook = app.refuses_websocket
+    return server
 
 
 def serve(settings: config.Settings) -> int:

@@ -21,28 +21,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def gunicorn(*args: str) -> tuple[subprocess.Popen, int]:
+def gunicorn(*args: str, worker: str = "gevent") -> tuple[subprocess.Popen, int]:
     port = free_port()
     env = {**os.environ, "COMET_INTERVAL": "0.2"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-k", "gevent", "--worker-connections", "1000",
+        [sys.executable, "-m", "gunicorn", "-k", worker, "--worker-connections", "1000",
          "-b", f"127.0.0.1:{port}", *args, "comet.wsgi:application"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc, port
 
 
+def wait_until_serving(proc: subprocess.Popen, port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+
+
 def test_gunicorn_gevent_worker_serves_streams_and_publishing():
     proc, port = gunicorn("-w", "1")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-            time.sleep(0.2)
+        wait_until_serving(proc, port)
         stream = open_stream(port, "/test/g")
         assert stream.next_chunk() == b"comet welcomes you! Your Id: g\n"
         assert stream.next_chunk() == b"Chunk 1 for id g\n"
@@ -67,3 +71,22 @@ def test_second_worker_is_refused_with_a_clear_message():
         proc.kill()
     assert proc.returncode != 0
     assert re.search(r"one gunicorn worker \(-w 1\) until the Redis backplane", output)
+
+
+def test_gunicorn_websocket_worker_serves_websockets():
+    websocket = pytest.importorskip("websocket")
+    proc, port = gunicorn("-w", "1",
+                          worker="geventwebsocket.gunicorn.workers.GeventWebSocketWorker")
+    try:
+        wait_until_serving(proc, port)
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws/gw", timeout=10)
+        deadline = time.monotonic() + 10
+        while requests.post(f"http://127.0.0.1:{port}/send/gw", data=b"over ws",
+                            timeout=10).json()["delivered"] == 0:
+            assert time.monotonic() < deadline, "the websocket never logged in"
+            time.sleep(0.05)
+        assert ws.recv() == "over ws"
+        ws.close()
+    finally:
+        proc.kill()
+        proc.wait(20)

@@ -1,0 +1,105 @@
+"""GET /events/<id>: Server-Sent Events, parsed strictly, resumed with Last-Event-ID."""
+
+import json
+
+import requests
+
+from tests.sse import open_events
+
+
+def post(server, path, body):
+    return requests.post(server.url + path, data=body, timeout=10).json()
+
+
+def test_headers_and_retry_hint_arrive_at_once(start_server):
+    server = start_server("--sse-retry", "1500")
+    events = open_events(server.port, "/events/u")
+    headers = events.response.headers
+    assert headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert headers["cache-control"] == "no-cache"
+    assert events.next_event().retry == 1500
+    assert server.stats()["connections"]["events"] == 1
+
+
+def test_every_event_has_an_id_and_multiline_data_splits(server):
+    events = open_events(server.port, "/events/u")
+    events.next_event()
+    sent = post(server, "/send/u", b"line one\nline two\r\nline three")
+    event = events.next_message()
+    assert event.data == "line one\nline two\nline three"
+    assert event.id == sent["message"]
+
+
+def test_heartbeat_comments_keep_the_stream_alive(start_server):
+    server = start_server("--heartbeat", "0.2")
+    events = open_events(server.port, "/events/u")
+    events.next_event()
+    assert events.next_event().comments == ["heartbeat"]
+
+
+def test_resume_with_last_event_id_has_no_gap_and_no_duplicate(server):
+    events = open_events(server.port, "/events/r")
+    events.next_event()
+    first = post(server, "/send/r", b"m1")
+    assert events.next_message().id == first["message"]
+    events.close()  # the server notices at its next write; the resume need not wait
+    sent = [post(server, "/send/r", b"m%d" % n)["message"] for n in range(2, 6)]
+    resumed = open_events(server.port, "/events/r", {"Last-Event-ID": first["message"]})
+    resumed.next_event()  # retry hint
+    got = [resumed.next_message() for _ in range(4)]
+    assert [e.id for e in got] == sent and [e.data for e in got] == ["m2", "m3", "m4", "m5"]
+    live = post(server, "/send/r", b"m6")
+    assert resumed.next_message().id == live["message"]
+
+
+def test_resume_by_query_parameter_for_polyfills(server):
+    start = post(server, "/send/q", b"before")["message"]
+    after = post(server, "/send/q", b"after")["message"]
+    events = open_events(server.port, f"/events/q?last_event_id={start}")
+    events.next_event()
+    assert events.next_message().id == after
+
+
+def test_message_sent_during_replay_is_neither_lost_nor_doubled(server):
+    start = post(server, "/send/d", b"seed")["message"]
+    for n in range(50):
+        post(server, "/send/d", b"r%d" % n)
+    events = open_events(server.port, "/events/d", {"Last-Event-ID": start})
+    events.next_event()
+    first = events.next_message()  # the replay has begun; send more while it runs
+    post(server, "/send/d", b"during")
+    got = [first] + [events.next_message() for _ in range(50)]
+    assert [e.data for e in got] == [f"r{n}" for n in range(50)] + ["during"]
+    assert len({e.id for e in got}) == 51
+
+
+def test_missed_event_when_the_id_fell_out_of_history(start_server):
+    server = start_server("--history", "3")
+    start = post(server, "/send/m", b"0")["message"]
+    for n in range(1, 6):
+        post(server, "/send/m", b"%d" % n)
+    events = open_events(server.port, "/events/m", {"Last-Event-ID": start})
+    events.next_event()
+    missed = events.next_message()
+    assert missed.event == "missed"
+    assert json.loads(missed.data)["last_event_id"] == start
+    assert [events.next_message().data for _ in range(3)] == ["3", "4", "5"]
+
+
+def test_missed_event_after_a_restart(server):
+    events = open_events(server.port, "/events/x", {"Last-Event-ID": "deadbeef-12"})
+    events.next_event()
+    missed = events.next_message()
+    assert missed.event == "missed"
+    assert json.loads(missed.data) == {"last_event_id": "deadbeef-12", "resume_from": missed.id}
+    live = post(server, "/send/x", b"new")
+    assert events.next_message().id == live["message"]
+
+
+def test_broadcast_reaches_sse_and_test_streams(server):
+    events = open_events(server.port, "/events/a")
+    events.next_event()
+    server.wait_for(lambda s: s["connections"]["total"] == 1, what="stream open")
+    sent = post(server, "/broadcast", b"to all")
+    event = events.next_message()
+    assert (event.data, event.id) == ("to all", sent["message"])

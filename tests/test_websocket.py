@@ -1,0 +1,88 @@
+"""GET /ws/<id> with a real WebSocket client (websocket-client)."""
+
+import socket
+
+import pytest
+import websocket
+
+from tests.test_sse import post
+
+
+def connect(server, path, **kw):
+    return websocket.create_connection(f"ws://127.0.0.1:{server.port}{path}", timeout=10, **kw)
+
+
+def test_messages_arrive_as_text_frames(server):
+    ws = connect(server, "/ws/alice?id=team")
+    server.wait_for(lambda s: s["connections"].get("ws") == 1, what="ws open")
+    post(server, "/send/alice", "héllo".encode())
+    post(server, "/send/team", b"to the team")
+    assert ws.recv() == "héllo" and ws.recv() == "to the team"
+    ws.close()
+    server.wait_for(lambda s: s["connections"]["total"] == 0, what="logout")
+
+
+def test_server_pings_every_heartbeat(start_server):
+    server = start_server("--heartbeat", "0.2")
+    ws = connect(server, "/ws/p")
+    opcode, frame = ws.recv_data_frame(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_PING
+    ws.close()
+
+
+def test_binary_frame_closes_with_1003(server):
+    ws = connect(server, "/ws/b")
+    ws.send_binary(b"\x00\x01")
+    opcode, frame = ws.recv_data_frame(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(frame.data[:2], "big") == 1003
+
+
+def test_oversize_frame_closes_with_1009_without_reading_it(server):
+    ws = connect(server, "/ws/big")
+    ws.send("x" * 10_000)  # over the 4 KiB limit
+    opcode, frame = ws.recv_data_frame(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(frame.data[:2], "big") == 1009
+    assert "client message over 4096 bytes" in server.log_text()
+
+
+def test_slow_consumer_is_closed_with_1008(start_server):
+    server = start_server("--queue-limit", "2", "--write-timeout", "600")
+    # a small receive buffer, and the client never reads
+    ws = connect(server, "/ws/slow", sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
+    big = b"y" * 60000
+    for _ in range(300):
+        if post(server, "/send/slow", big)["delivered"] == 0:
+            break
+    server.wait_for(lambda s: s["slow_consumers"] == 1, what="drop")
+    for _ in range(300):  # now read: what was in flight, then the close frame
+        opcode, frame = ws.recv_data_frame(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            break
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(frame.data[:2], "big") == 1008
+    server.wait_for(lambda s: s["connections"]["total"] == 0, what="closed")
+
+
+def test_plain_get_is_told_to_upgrade(server):
+    import requests
+    answer = requests.get(server.url + "/ws/x", timeout=10)
+    assert answer.status_code in (400, 426)
+
+
+def test_shutdown_closes_with_1001(server):
+    ws = connect(server, "/ws/s")
+    server.wait_for(lambda s: s["connections"].get("ws") == 1, what="ws open")
+    server.proc.send_signal(15)
+    opcode, frame = ws.recv_data_frame(control_frame=True)
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(frame.data[:2], "big") == 1001
+    assert server.proc.wait(15) == 0
+
+
+@pytest.mark.parametrize("path", ["/ws/bad%20id", "/ws/ok?id=b%2Fad"])
+def test_bad_id_is_refused(server, path):
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        connect(server, path)
+    assert refused.value.status_code == 400
