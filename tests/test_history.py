@@ -82,7 +82,7 @@ def test_byte_budget_bounds_all_ids_together():
 
 def test_order_index_stays_bounded_under_count_eviction():
     history = MemoryHistory(per_id=2)
-    for n in range(20000):
+    for _ in range(20000):
         history.publish("hot", b"m")
     assert len(history) == 2 and len(history._order) <= 2 * 2 + 1024 + 1
 
