@@ -1,0 +1,183 @@
+"""The page at ``GET /`` in a real headless Chromium: EventSource, WebSocket, resume, restart.
+
+Each test starts a real server process (:mod:`tests.realserver`), a Chromium of
+its own (:mod:`tests.browser`) and opens ``/?id=<user>``, which subscribes at
+once and keeps what it got in ``window.comet``. The test posts messages to the
+server over HTTP and reads ``window.comet`` back through the DevTools protocol
+until the expected state holds or a deadline passes (waits, never timing
+assertions).
+
+To drop streams and restart the server under the browser's feet, the page is
+loaded through a :class:`tests.forwarder.Forwarder`: cutting it drops every
+connection, holding it keeps the browser's reconnection waiting while the test
+posts, and the request head it records shows the ``Last-Event-ID`` the browser
+sent by itself.
+
+Chromium is Debian's ``chromium``; without it these tests skip, except under
+``CI=true`` where they fail (CI installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+
+import pytest
+import requests
+
+from tests.browser import Chromium, Page
+from tests.forwarder import Forwarder
+from tests.realserver import RealServer
+
+#: a short reconnection delay (ms) so EventSource comes back quickly after a cut
+SSE_RETRY = ("--sse-retry", "300")
+
+COMET = "window.comet"
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    """A tab of a fresh headless Chromium; the browser and its children die after the test."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not on PATH but CI=true: .ci/run must install it")
+        pytest.skip("chromium is not on PATH (Debian: apt-get install chromium)")
+    browser = Chromium(executable).start()
+    try:
+        yield browser.page()
+    finally:
+        browser.stop()
+
+
+@pytest.fixture
+def forwarder() -> Iterator[Callable[[int], Forwarder]]:
+    """Start forwarders to a port; all are stopped after the test."""
+    started: list[Forwarder] = []
+
+    def start(target_port: int) -> Forwarder:
+        started.append(Forwarder(target_port))
+        return started[-1]
+
+    yield start
+    for fwd in started:
+        fwd.stop()
+
+
+def send(server: RealServer, user: str, text: str) -> dict:
+    """POST one message straight to the server; its JSON answer (message id, delivered)."""
+    answer = requests.post(f"{server.url}/send/{user}", data=text.encode(), timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def wait_received(page: Page, expected: list[str], what: str) -> dict:
+    """Wait until the page holds as many messages as expected (or more); its window.comet."""
+    return page.wait_for(COMET, lambda c: len(c["received"]) >= len(expected), what=what)
+
+
+def last_event_id(head: bytes) -> str | None:
+    """The Last-Event-ID a request head carries, if any."""
+    match = re.search(rb"(?im)^last-event-id:[ \t]*(\S+)", head)
+    return match.group(1).decode() if match else None
+
+
+def open_page(page: Page, base: str, query: str) -> dict:
+    """Load the page subscribed as ``query`` says and wait for its first open."""
+    page.navigate(f"{base}/?{query}")
+    return page.wait_for(COMET, lambda c: c["state"] == "open" and c["opens"] == 1,
+                         what=f"page /?{query} subscribed")
+
+
+def drop_and_hold(fwd: Forwarder, user: str) -> bytes:
+    """Cut the page's stream; return the reconnection request, held until ``release``."""
+    fwd.hold()
+    start = len(fwd.heads)
+    fwd.cut()
+    return fwd.wait_for_head(start, f"GET /events/{user} ".encode())
+
+
+def test_eventsource_page_receives_every_message_posted_in_order(start_server, page):
+    server = start_server(*SSE_RETRY)
+    open_page(page, server.url, "id=alice")
+    texts = [f"message {n}" for n in range(20)] + ["two\nlines", "caf\u00e9 \u2603"]
+    for text in texts:
+        assert send(server, "alice", text)["delivered"] == 1
+    comet = wait_received(page, texts, "EventSource received every message")
+    assert comet["received"] == texts
+    assert comet["missed"] == 0 and comet["errors"] == 0 and comet["user"] == "alice"
+
+
+def test_websocket_page_receives_every_message_posted_in_order(start_server, page):
+    server = start_server()
+    open_page(page, server.url, "id=bob&transport=ws")
+    server.wait_for(lambda s: s["connections"].get("ws") == 1,
+                    what="the page's WebSocket logged in")
+    texts = [f"message {n}" for n in range(20)] + ["two\nlines", "caf\u00e9 \u2603"]
+    for text in texts:
+        assert send(server, "bob", text)["delivered"] == 1
+    comet = wait_received(page, texts, "WebSocket received every message")
+    assert comet["received"] == texts
+    assert comet["state"] == "open" and comet["errors"] == 0
+
+
+def test_eventsource_resumes_after_a_dropped_stream_with_nothing_lost_or_repeated(
+        start_server, page, forwarder):
+    server = start_server(*SSE_RETRY)
+    fwd = forwarder(server.port)
+    open_page(page, f"http://127.0.0.1:{fwd.port}", "id=carol")
+    before = ["one", "two"]
+    ids = [send(server, "carol", text)["message"] for text in before]
+    wait_received(page, before, "messages before the cut")
+
+    # The browser comes back by itself; its request waits in the forwarder while we post.
+    head = drop_and_hold(fwd, "carol")
+    assert last_event_id(head) == ids[-1], head.decode(errors="replace")
+    meanwhile = [f"while away {n}" for n in range(5)]
+    for text in meanwhile:
+        send(server, "carol", text)
+    fwd.release()
+
+    page.wait_for(COMET, lambda c: c["opens"] >= 2 and c["state"] == "open",
+                  what="EventSource reopened")
+    after = ["back live"]
+    for text in after:
+        send(server, "carol", text)
+    expected = before + meanwhile + after
+    comet = wait_received(page, expected, "every message after the resume")
+    assert comet["received"] == expected
+    assert comet["missed"] == 0
+
+
+def test_eventsource_after_a_server_restart_gets_the_missed_event_then_new_messages(
+        start_server, page, forwarder):
+    first = start_server(*SSE_RETRY)
+    fwd = forwarder(first.port)
+    open_page(page, f"http://127.0.0.1:{fwd.port}", "id=dave")
+    old_id = send(first, "dave", "before the restart")["message"]
+    wait_received(page, ["before the restart"], "the message before the restart")
+
+    head = drop_and_hold(fwd, "dave")
+    assert last_event_id(head) == old_id, head.decode(errors="replace")
+    first.stop()  # its history goes with it
+    second = start_server(*SSE_RETRY)
+    fwd.target_port = second.port
+    fwd.release()
+
+    page.wait_for(COMET, lambda c: c["missed"] == 1 and c["state"] == "open",
+                  what="the missed event from the new server")
+    new_id = send(second, "dave", "after the restart")["message"]
+    assert new_id.split("-")[0] != old_id.split("-")[0], "a new process has a new epoch"
+    wait_received(page, ["before", "after"], "the message after the restart")
+
+    # The missed event's id is a position of the new server: the next resume is clean.
+    head = drop_and_hold(fwd, "dave")
+    assert last_event_id(head) == new_id, head.decode(errors="replace")
+    send(second, "dave", "while away")
+    fwd.release()
+    expected = ["before the restart", "after the restart", "while away"]
+    comet = wait_received(page, expected, "the message sent while away from the new server")
+    assert comet["received"] == expected
+    assert comet["missed"] == 1
