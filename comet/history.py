@@ -46,6 +46,8 @@ class Replay(NamedTuple):
 
     messages: list[Message]
     missed: bool
+    #: the id the replay starts after: where a client that got none of it resumes
+    start: str
 
 
 def parse_position(text: str | None, epoch: str) -> int | None:
@@ -95,6 +97,8 @@ class MemoryHistory:
             if len(kept) > self.per_id:
                 self._evict_front(id)
                 self._compact()
+        else:
+            self._evicted_floor = message.seq  # kept nothing: every resume has missed it
         self.expire()
         return message
 
@@ -143,17 +147,18 @@ class MemoryHistory:
         """Messages for ``ids`` (and broadcasts) after ``last``, oldest first.
 
         ``missed`` is true when ``last`` is of another epoch (the server
-        restarted) or older than what is kept, so some messages are gone. For
+        restarted) or older than what is kept, so some messages are gone; after
+        a restart, what the new epoch kept is replayed all the same. For
         an id that keeps nothing now, nothing per id is remembered (that is what
         makes it free), so any eviction after ``last`` counts: the answer may
         say "missed" when unsure, never stay silent about a loss.
         """
         after = parse_position(last, self.epoch)
-        if after is None or after > self._seq:
-            return Replay([], True)
+        missed = after is None or after > self._seq
+        if missed:
+            after = 0  # what this epoch still keeps is known: replay it after the notice
         self.expire()
         found: list[Message] = []
-        missed = False
         for id in (*ids, BROADCAST):
             kept = self._by_id.get(id)
             if kept is None:
@@ -162,7 +167,7 @@ class MemoryHistory:
             missed = missed or self._evicted.get(id, 0) > after
             found.extend(m for m in kept if m.seq > after)
         found.sort(key=lambda m: m.seq)
-        return Replay(found, missed)
+        return Replay(found, missed, f"{self.epoch}-{after}")
 
     def __len__(self) -> int:
         return self._count

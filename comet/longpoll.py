@@ -22,7 +22,7 @@ def poll_once(subs: Subscriptions, conn: QueuedConnection, ids: list[str],
     replay = subs.open(conn, ids, since, resume=since is not None)
     try:
         if replay is not None and (replay.messages or replay.missed):
-            last = replay.messages[-1].id if replay.messages else position
+            last = replay.messages[-1].id if replay.messages else replay.start
             return transports.poll_answer(replay.messages, last, replay.missed)
         conn.wait(subs.settings.poll_timeout)
         messages = conn.take()

@@ -58,7 +58,7 @@ def stream_life(subs: Subscriptions, conn: QueuedConnection, ids: list[str],
         yield framing.opening(id)
         if replay is not None:
             if replay.missed and framing.missed is not None:
-                yield framing.missed(subs.history.position(), last_id)
+                yield framing.missed(replay.start, last_id)
             for message in replay.messages:
                 yield framing.message(message)
         n = 1

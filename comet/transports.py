@@ -68,7 +68,7 @@ def sse_retry(milliseconds: int) -> bytes:
 
 
 def sse_missed(position: str, last_event_id: str | None) -> bytes:
-    """Some messages after ``last_event_id`` are gone; resume from ``position``."""
+    """Some messages after ``last_event_id`` are gone; what is kept follows from ``position``."""
     detail = json.dumps({"last_event_id": last_event_id, "resume_from": position})
     return sse_event(detail.encode(), id=position, event=MISSED_EVENT)
 

@@ -25,7 +25,7 @@ def test_an_id_from_another_epoch_is_never_taken_for_ours():
     old = before.publish("a", b"old").id
     assert parse_position(old, after.epoch) is None
     replay = after.since(["a"], old)
-    assert replay.missed and replay.messages == []
+    assert replay.missed and [m.data for m in replay.messages] == [b"x"]
 
 
 def test_since_replays_only_later_messages_of_these_ids_and_broadcasts():
@@ -87,10 +87,13 @@ def test_order_index_stays_bounded_under_count_eviction():
     assert len(history) == 2 and len(history._order) <= 2 * 2 + 1024 + 1
 
 
-def test_no_history_costs_nothing():
+def test_no_history_costs_nothing_and_never_hides_a_loss():
     history = MemoryHistory(per_id=0)
     message = history.publish("a", b"x")
     assert message.id.endswith("-1") and len(history) == 0 and history._by_id == {}
+    history.publish("a", b"y")
+    assert history.since(["a"], message.id)[:2] == ([], True)
+    assert history.since(["a"], history.position())[:2] == ([], False)
 
 
 def test_garbage_position_means_missed():

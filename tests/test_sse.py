@@ -103,3 +103,13 @@ def test_broadcast_reaches_sse_and_test_streams(server):
     sent = post(server, "/broadcast", b"to all")
     event = events.next_message()
     assert (event.data, event.id) == ("to all", sent["message"])
+
+
+def test_after_a_restart_what_the_new_server_kept_follows_the_missed_event(server):
+    kept = post(server, "/send/k", b"sent after the restart")["message"]
+    events = open_events(server.port, "/events/k", {"Last-Event-ID": "0ld0ld00-40"})
+    events.next_event()
+    missed = events.next_message()
+    assert missed.event == "missed" and missed.id.endswith("-0")
+    replayed = events.next_message()
+    assert (replayed.id, replayed.data) == (kept, "sent after the restart")
