@@ -15,9 +15,11 @@ SIZE_LINE = re.compile(rb"[0-9A-Fa-f]+\r\n")
 class StrictResponse:
     """Reads one response from a socket; ``next_chunk()`` returns b'' at the last chunk."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, file=None) -> None:
+        """``file``: the reader of an earlier response on this connection (it may
+        have buffered the start of this one)."""
         self.sock = sock
-        self.file = sock.makefile("rb")
+        self.file = file if file is not None else sock.makefile("rb")
         self.status_line = self.file.readline().decode("latin-1").rstrip("\r\n")
         self.headers: dict[str, str] = {}
         while True:

@@ -86,7 +86,7 @@ def test_body_longer_than_content_length(shared_server):
                           b"abcGARBAGE AFTER THE BODY\r\n\r\n")
     assert answer.status == 200  # the 3 bytes are a message; the rest is a bad next request
     answer.file.read(int(answer.headers["content-length"]))
-    second = StrictResponse(answer.sock)
+    second = StrictResponse(answer.sock, answer.file)
     assert second.status == 400
     answer.close()
 
