@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import queue
+import signal
 import sys
 import threading
 import time
@@ -193,12 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                         args.concurrency, args.timeout, args.seed)
     except (ValueError, BadUrl) as exc:
         p.error(str(exc))
-    try:
-        result = gen.run(args.duration, args.report,
-                         out=lambda s: (sys.stdout.write(s + "\n"), sys.stdout.flush()))
-    except KeyboardInterrupt:
-        gen.stop()
-        result = gen.tally.as_dict()
+    # Ctrl-C: stop pacing; the senders finish what is queued, then the totals print
+    signal.signal(signal.SIGINT, lambda *_: gen.stop())
+    result = gen.run(args.duration, args.report,
+                     out=lambda s: (sys.stdout.write(s + "\n"), sys.stdout.flush()))
     if args.json:
         write_json(args.json, {"command": ["flood.msggen", *(argv or sys.argv[1:])],
                                "result": result})

@@ -97,3 +97,34 @@ def test_transports_not_built_yet_are_refused_clearly(tmp_path):
     result = run_flood(urls, "--transport", "sse")
     assert result.returncode == 2
     assert "--transport sse" in result.stderr and "not built yet" in result.stderr
+
+
+def interrupt_after_first_stats(args: list[str]) -> tuple[int, str]:
+    """Start the flood, wait for its first Stats line, send SIGINT as Ctrl-C would."""
+    import signal
+    import sys
+
+    import gevent.subprocess
+
+    from tests.test_flood_servers import ROOT
+    proc = gevent.subprocess.Popen([sys.executable, "-m", "flood", *args], cwd=ROOT,
+                                   stdout=gevent.subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Stats:"):
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=30)
+    return proc.returncode, "".join(lines) + rest
+
+
+def test_ctrl_c_prints_the_summary_and_closes_everything(tmp_path):
+    with chunk_server() as port:
+        urls = write_urls(tmp_path, port, [f"/good/{i}" for i in range(4)])
+        for extra in ([], ["--procs", "2"]):
+            code, out = interrupt_after_first_stats([urls, "--wait", "0", "--report", "0.5",
+                                                     *extra])
+            assert code == 0, out
+            assert "Summary:" in out
+            assert last_stats(out)[:2] == (4, 0)

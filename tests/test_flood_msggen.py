@@ -77,3 +77,24 @@ def test_parse_ids():
     for bad in ("", "5-1"):
         with pytest.raises(ValueError):
             parse_ids(bad)
+
+
+def test_ctrl_c_stops_the_generator_with_its_totals():
+    import signal
+    import sys
+
+    import gevent.subprocess
+
+    from tests.test_flood_servers import ROOT
+    received: list = []
+    with publish_server(received) as port:
+        proc = gevent.subprocess.Popen(
+            [sys.executable, "-m", "flood.msggen", "--base", f"http://127.0.0.1:{port}",
+             "--rate", "50", "--report", "0.2"], cwd=ROOT, stdout=gevent.subprocess.PIPE,
+            text=True)
+        first = proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    assert first.startswith("Sent:")
+    assert proc.returncode == 0
+    assert "Total:" in rest
