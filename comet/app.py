@@ -32,7 +32,7 @@ from comet.config import Settings
 from comet.connection import QueuedConnection
 from comet.inputs import BadRequest, check_id, check_publisher, ids_of, last_event_id, read_body
 from comet.longpoll import poll_once
-from comet.streams import framing_for, stream_life
+from comet.streams import StreamResponse, framing_for
 from comet.subscriptions import Subscriptions
 from comet.websocket import websocket_life
 
@@ -137,8 +137,8 @@ class CometApp:
 
     # -- subscribing ------------------------------------------------------------
 
-    def _connection(self, environ: dict, transport: str) -> QueuedConnection:
-        """A new connection record, once the server has room for one."""
+    def _admit(self, environ: dict, transport: str):
+        """Room for one more connection? Returns the socket a drop may shut down, if any."""
         if not self.subs.accepting:
             raise BadRequest("503 Service Unavailable", "server is shutting down",
                              (("Connection", "close"),))
@@ -151,8 +151,12 @@ class CometApp:
             sock.settimeout(self.settings.write_timeout)
         # A dropped WebSocket finishes its current frame (bounded by --write-timeout)
         # so that it can send close code 1008; other streams are cut at once.
-        abort = sock if transport in ("test", "events") else None
-        return QueuedConnection(transport, self.settings.queue_limit, abort)
+        return sock if transport in ("test", "events") else None
+
+    def _connection(self, environ: dict, transport: str) -> QueuedConnection:
+        """A new connection record, once the server has room for one."""
+        return QueuedConnection(transport, self.settings.queue_limit,
+                                self._admit(environ, transport))
 
     def _stream(self, environ: dict, respond: StartResponse, path_id: str,
                 transport: str, resume_from: str | None = None) -> Iterable[bytes]:
@@ -163,10 +167,10 @@ class CometApp:
         if environ["REQUEST_METHOD"] == "HEAD":
             respond("200 OK", headers)
             return []
-        conn = self._connection(environ, transport)
+        abort = self._admit(environ, transport)
         respond("200 OK", headers)
-        return stream_life(self.subs, conn, ids, framing, resume_from,
-                           resume=resume_from is not None)
+        return StreamResponse(self.subs, ids, framing, resume_from, resume_from is not None,
+                              abort)
 
     def test_stream(self, environ: dict, respond: StartResponse, path_id: str):
         return self._stream(environ, respond, path_id, "test")

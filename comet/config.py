@@ -54,6 +54,15 @@ def log_level(text: str) -> str:
     return level
 
 
+def on_off(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("on", "yes", "true", "1"):
+        return True
+    if value in ("off", "no", "false", "0"):
+        return False
+    raise ValueError(f"must be on or off, not {text!r}")
+
+
 def text_or_none(text: str) -> str | None:
     return text or None
 
@@ -96,6 +105,10 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds one write to a client may block before the client is dropped"),
     Setting("shutdown_timeout", positive_float, 5.0,
             "seconds SIGTERM waits for streams to end before closing them hard"),
+    Setting("hibernate", on_off, True,
+            "on: an idle /test/ or /events/ stream keeps no greenlet (a ~100-byte record; "
+            "the router writes to its socket); off: one greenlet per connection sleeps in "
+            "its response iterator, as in the seed"),
     Setting("heartbeat", positive_float, 15.0,
             "seconds between SSE comment heartbeats and WebSocket pings"),
     Setting("sse_retry", positive_int, 2000,
@@ -148,7 +161,8 @@ def build_parser(prog: str = "python -m comet.server") -> argparse.ArgumentParse
                f"for example {ENV_PREFIX}MAX_CONNECTIONS=10000.")
     for setting in SETTINGS:
         parser.add_argument(setting.flag, dest=setting.name, type=_argparse_type(setting),
-                            default=None, help=f"{setting.help} (default: {setting.default})")
+                            default=None,
+                            help=f"{setting.help} (default: {_shown(setting.default)})")
     return parser
 
 
@@ -175,7 +189,7 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
 
 def options_table() -> str:
     """The options table of docs/usage.rst, generated from :data:`SETTINGS`."""
-    rows = [(s.flag, s.env, str(s.default), s.help) for s in SETTINGS]
+    rows = [(s.flag, s.env, _shown(s.default), s.help) for s in SETTINGS]
     widths = [max(len(r[i]) for r in rows + [("flag", "environment", "default", "meaning")])
               for i in range(4)]
     rule = "  ".join("=" * w for w in widths)
@@ -183,6 +197,12 @@ def options_table() -> str:
                                                widths))
     body = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join([rule, head.rstrip(), rule, *body, rule])
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return str(default)
 
 
 def configure_logging(level: str) -> None:

@@ -30,12 +30,14 @@ BROADCAST = "*"
 class Message:
     """One accepted message: its id (``<epoch>-<seq>``), its bytes, and ``seq`` to order it."""
 
-    __slots__ = ("id", "data", "seq")
+    __slots__ = ("id", "data", "seq", "frames")
 
     def __init__(self, epoch: str, seq: int, data: bytes) -> None:
         self.id = f"{epoch}-{seq}"
         self.data = data
         self.seq = seq
+        #: bytes on the wire by transport, framed once per fan-out (see hibernate.py)
+        self.frames: dict | None = None
 
     def __repr__(self) -> str:
         return f"Message({self.id!r}, {self.data[:40]!r})"

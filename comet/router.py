@@ -12,7 +12,9 @@ A connection is any object with:
     a tuple of the ids it is logged in as; the router owns this attribute.
 ``deliver(message) -> bool``
     accept a message without blocking. ``False`` means the connection cannot
-    take it (its bounded queue is full: a slow consumer). It must never wait:
+    take it: its bounded queue is full (a slow consumer, which the router
+    drops), or it found its peer gone and logged itself out (its ``ids`` are
+    empty, and the router leaves it be). It must never wait:
     the router calls it for thousands of connections in one loop, and whether
     a greenlet, a non-blocking socket write, or nothing at all stands behind
     the connection is the connection's business (DESIGN.md, "Memory: the plan").
@@ -131,8 +133,9 @@ class Router:
         for conn in conns:
             if conn.deliver(message):
                 delivered += 1
-            else:
+            elif conn.ids:  # still logged in: its queue is full
                 self._drop_slow(conn)
+            # else: it found its peer gone and logged itself out
         self.messages_out += delivered
         return delivered
 

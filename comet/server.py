@@ -11,6 +11,7 @@ import logging
 import os
 import resource
 import signal
+import socket as stdlib_socket
 import sys
 
 import gevent
@@ -21,6 +22,7 @@ from geventwebsocket.handler import WebSocketHandler
 
 from comet import config
 from comet.app import CometApp
+from comet.streams import StreamResponse
 from comet.tune import startup_problems
 
 log = logging.getLogger("comet.server")
@@ -42,6 +44,8 @@ class CometHandler(WebSocketHandler):
 
     #: seconds a client may take to send a request; set from --read-timeout
     read_timeout = 30.0
+    #: let streams leave their greenlet once the headers are out; from --hibernate
+    hibernate = True
 
     def handle(self) -> None:
         self.socket.settimeout(self.read_timeout)
@@ -51,6 +55,32 @@ class CometHandler(WebSocketHandler):
         environ = super().get_environ()
         environ["comet.socket"] = self.socket
         return environ
+
+    def process_result(self) -> None:
+        """The seam where a stream leaves pywsgi's request loop (``--hibernate on``).
+
+        The stream's first bytes go out through pywsgi (status, headers,
+        chunked framing); then the socket is handed to the connection record
+        and pywsgi lets go of it, so this greenlet, the environ, the parsed
+        headers and the read buffer all end here. HTTP/1.0 clients, which
+        cannot take chunks, keep the plain life.
+        """
+        result = self.result
+        if not (self.hibernate and isinstance(result, StreamResponse)
+                and self.request_version == "HTTP/1.1"):
+            super().process_result()
+            return
+        conn, first = result.hibernate()
+        try:
+            self.write(first)
+        except OSError:
+            conn.drop("client gone before the first chunk")
+            raise
+        self.close_connection = True
+        # The connection owns the descriptor now: detached, neither pywsgi nor
+        # the server's close-when-done closes it, and gevent's watchers go.
+        sock, self.socket = self.socket, None
+        conn.awake(stdlib_socket.socket(fileno=sock.detach()))
 
     def read_requestline(self) -> str:
         try:
@@ -108,7 +138,8 @@ def make_server(settings: config.Settings, app: CometApp) -> pywsgi.WSGIServer:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((settings.host, settings.port))
     listener.listen(min(65535, max(1024, settings.max_connections)))
-    handler = type("Handler", (CometHandler,), {"read_timeout": settings.read_timeout})
+    handler = type("Handler", (CometHandler,), {"read_timeout": settings.read_timeout,
+                                                "hibernate": settings.hibernate})
     # An unbounded pool only so that stop() can wait for the handlers to finish.
     server = pywsgi.WSGIServer(listener, app, handler_class=handler, spawn=gevent.pool.Pool(),
                                log=logging.getLogger("comet.access"),

@@ -18,8 +18,10 @@ from comet.router import Router
 class Stats:
     """Counters the app keeps beside the router's, and the /stats snapshot."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, wheel=None) -> None:
         self.router = router
+        #: the timer wheel of hibernated connections (its size is in /stats)
+        self.wheel = wheel
         self.started = time.time()
         self._process = psutil.Process()
         self.baseline_rss = self.rss()
@@ -53,6 +55,7 @@ class Stats:
                 "dropped": self.router.messages_dropped,
             },
             "slow_consumers": self.router.slow_consumers,
+            "timers": len(self.wheel) if self.wheel is not None else 0,
             "rss_bytes": rss,
             "rss_baseline_bytes": self.baseline_rss,
             "rss_per_connection": round((rss - self.baseline_rss) / held) if held else None,

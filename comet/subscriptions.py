@@ -19,6 +19,7 @@ from comet.config import Settings
 from comet.history import MemoryHistory, Message, Replay
 from comet.router import Router
 from comet.stats import Stats
+from comet.timerwheel import TimerWheel
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ class Subscriptions:
         self.router = router if router is not None else Router()
         self.history = history if history is not None else MemoryHistory(
             settings.history, settings.history_ttl, settings.history_memory)
-        self.stats = Stats(self.router)
+        #: ticks and heartbeats of hibernated connections
+        self.wheel = TimerWheel()
+        self.stats = Stats(self.router, self.wheel)
         self.accepting = True
 
     def has_room(self) -> bool:
@@ -67,11 +70,15 @@ class Subscriptions:
 
     def publish(self, id: str, data: bytes) -> tuple[Message, int]:
         message = self.history.publish(id, data)
-        return message, self.router.send(id, message)
+        delivered = self.router.send(id, message)
+        message.frames = None  # framed bytes serve one fan-out; the history keeps the data
+        return message, delivered
 
     def broadcast(self, data: bytes) -> tuple[Message, int]:
         message = self.history.publish_all(data)
-        return message, self.router.broadcast(message)
+        delivered = self.router.broadcast(message)
+        message.frames = None
+        return message, delivered
 
     def shutdown(self, reason: str = SHUTDOWN_REASON) -> int:
         """Refuse new connections and end every open one cleanly; returns how many."""

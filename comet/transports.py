@@ -15,6 +15,15 @@ from __future__ import annotations
 import json
 import re
 
+#: The zero-length chunk that ends a chunked body (RFC 9112, 7.1).
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked body, for writers that bypass the HTTP server."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 #: Content type of the seed's /test/ stream.
 TEST_CONTENT_TYPE = "text/html; charset=utf-8"
 

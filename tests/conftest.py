@@ -3,20 +3,22 @@ import pytest
 from tests.realserver import RealServer
 
 
-@pytest.fixture
-def server():
-    """A real server with fast ticks, stopped after the test."""
-    srv = RealServer("--interval", "0.2").start()
+@pytest.fixture(params=["on", "off"], ids=["hibernate", "plain"])
+def server(request):
+    """A real server with fast ticks, in both connection lives, stopped after the test."""
+    srv = RealServer("--interval", "0.2", "--hibernate", request.param).start()
     yield srv
     srv.stop()
 
 
-@pytest.fixture
-def start_server():
-    """Start servers with the given flags; all are stopped after the test."""
+@pytest.fixture(params=["on", "off"], ids=["hibernate", "plain"])
+def start_server(request):
+    """Start servers with the given flags, in both connection lives; all stopped after."""
     started = []
 
     def start(*args: str, env: dict | None = None) -> RealServer:
+        if "--hibernate" not in args:
+            args = (*args, "--hibernate", request.param)
         srv = RealServer(*args, env=env).start()
         started.append(srv)
         return srv

@@ -1,0 +1,131 @@
+"""Hibernated connections (--hibernate on) against the real server, and the timer wheel alone."""
+
+import socket
+
+import gevent
+import requests
+import websocket
+
+from comet.timerwheel import TimerWheel
+from tests.chunked import open_stream
+from tests.realserver import RealServer
+from tests.sse import open_events
+
+
+def post(server, path, body):
+    return requests.post(server.url + path, data=body, timeout=10).json()
+
+
+class Due:
+    slot = None
+
+    def __init__(self, wheel, times):
+        self.wheel, self.times, self.fired = wheel, times, 0
+
+    def on_timer(self):
+        self.fired += 1
+        if self.fired < self.times:
+            self.wheel.schedule(self, 0.01)
+
+
+def test_timer_wheel_fires_each_turn_and_ends_empty():
+    wheel = TimerWheel(resolution=0.01)
+    dues = [Due(wheel, 3) for _ in range(50)]
+    for due in dues:
+        wheel.schedule(due, 0.02)
+    cancelled = Due(wheel, 1)
+    wheel.schedule(cancelled, 0.02)
+    wheel.cancel(cancelled)
+    while len(wheel):
+        gevent.sleep(0.01)
+    gevent.sleep(0.05)  # the runner's last sleep
+    assert [d.fired for d in dues] == [3] * 50 and cancelled.fired == 0
+    assert wheel._slots == {} and wheel._runner is None
+
+
+def hibernating(*flags):
+    return RealServer("--hibernate", "on", *flags).start()
+
+
+def test_slow_reader_does_not_hold_up_the_others():
+    server = hibernating("--interval", "60", "--queue-limit", "4", "--write-timeout", "600")
+    try:
+        slow = socket.create_connection(("127.0.0.1", server.port))
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.sendall(b"GET /test/crowd HTTP/1.1\r\nHost: x\r\n\r\n")
+        fast = open_stream(server.port, "/test/crowd")
+        fast.next_chunk()
+        server.wait_for(lambda s: s["connections"]["total"] == 2, what="two streams")
+        big = b"z" * 60000
+        for n in range(300):
+            answer = post(server, "/send/crowd", big + b"%d" % n)
+            got = fast.next_chunk()  # the fast reader keeps getting every message
+            assert got.endswith(b"%d\n" % n)
+            if answer["delivered"] == 1:
+                break
+        assert answer["delivered"] == 1, "the slow reader was never dropped"
+        stats = server.wait_for(lambda s: s["connections"]["total"] == 1, what="drop")
+        assert stats["slow_consumers"] == 1
+        slow.close()
+    finally:
+        server.stop()
+
+
+def test_broadcast_to_mixed_transports_arrives_exactly_once():
+    server = hibernating("--interval", "60", "--heartbeat", "60", "--poll-timeout", "30")
+    try:
+        streams = [open_stream(server.port, f"/test/t{i}") for i in range(20)]
+        events = [open_events(server.port, f"/events/e{i}") for i in range(20)]
+        sockets = [websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws/w{i}",
+                                               timeout=10) for i in range(10)]
+        for stream in streams:
+            stream.next_chunk()
+        for stream in events:
+            stream.next_event()
+        server.wait_for(lambda s: s["connections"]["total"] == 50, what="all connected")
+        sent = post(server, "/broadcast", b"once")
+        sent_after = post(server, "/broadcast", b"twice")
+        assert sent["delivered"] == 50 and sent_after["delivered"] == 50
+        for stream in streams:
+            assert [stream.next_chunk(), stream.next_chunk()] == [b"Recvd msg: once\n",
+                                                                   b"Recvd msg: twice\n"]
+        for stream in events:
+            assert [stream.next_message().data for _ in range(2)] == ["once", "twice"]
+        for ws in sockets:
+            assert [ws.recv(), ws.recv()] == ["once", "twice"]
+    finally:
+        server.stop()
+
+
+def test_router_and_timer_wheel_are_empty_after_clients_leave():
+    server = hibernating("--interval", "0.1", "--heartbeat", "0.1")
+    try:
+        streams = [open_stream(server.port, f"/test/l{i}") for i in range(30)]
+        events = [open_events(server.port, f"/events/m{i}") for i in range(30)]
+        for stream in streams:
+            stream.next_chunk()
+        for stream in events:
+            stream.next_event()
+        stats = server.wait_for(lambda s: s["timers"] == 60, what="all on the wheel")
+        assert stats["connections"]["total"] == 60 and stats["ids"] == 60
+        for stream in streams:
+            stream.close()
+        for stream in events:
+            stream.close()
+        stats = server.wait_for(lambda s: s["connections"]["total"] == 0, what="all gone")
+        assert stats["ids"] == 0 and stats["timers"] == 0
+    finally:
+        server.stop()
+
+
+def test_client_that_closes_is_logged_out_at_its_next_tick():
+    server = hibernating("--interval", "0.2")
+    try:
+        stream = open_stream(server.port, "/test/bye")
+        stream.next_chunk()
+        server.wait_for(lambda s: s["connections"]["total"] == 1, what="open")
+        stream.close()  # FIN, no RST: found by the peek at the next tick
+        stats = server.wait_for(lambda s: s["connections"]["total"] == 0, what="logout")
+        assert stats["timers"] == 0
+    finally:
+        server.stop()
