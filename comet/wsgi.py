@@ -62,8 +62,8 @@ def _end_streams_when_gunicorn_stops(app: CometApp) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         previous = signal.getsignal(signum)
         owner = getattr(previous, "__self__", None)
-        if not type(owner).__module__.startswith("gunicorn"):
-            continue
+        if not any(c.__module__.startswith("gunicorn.") for c in type(owner).__mro__):
+            continue  # not a gunicorn worker's handler
 
         def chained(sig, frame, previous=previous):
             gevent.get_hub().loop.run_callback_threadsafe(app.shutdown)

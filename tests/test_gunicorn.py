@@ -90,3 +90,29 @@ def test_gunicorn_websocket_worker_serves_websockets():
     finally:
         proc.kill()
         proc.wait(20)
+
+
+def test_comet_worker_hibernates_streams_and_serves_websockets():
+    websocket = pytest.importorskip("websocket")
+    proc, port = gunicorn("-w", "1", worker="comet.gunicorn.Worker")
+    try:
+        wait_until_serving(proc, port)
+        stream = open_stream(port, "/test/h")
+        assert stream.next_chunk() == b"comet welcomes you! Your Id: h\n"
+        stats = requests.get(f"http://127.0.0.1:{port}/stats", timeout=10).json()
+        assert stats["timers"] == 1  # on the timer wheel: hibernated, no greenlet
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws/h", timeout=10)
+        deadline = time.monotonic() + 10
+        while requests.post(f"http://127.0.0.1:{port}/send/h", data=b"both",
+                            timeout=10).json()["delivered"] < 2:
+            assert time.monotonic() < deadline, "the websocket never logged in"
+            time.sleep(0.05)
+        assert ws.recv() == "both"
+        assert stream.chunks_until(lambda c: c.startswith(b"Recvd"))[-1] == b"Recvd msg: both\n"
+        proc.terminate()
+        got = stream.chunks_until(lambda c: c.startswith(b"Bye"))
+        assert got[-1] == b"Bye: server shutting down\n" and stream.next_chunk() == b""
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+        proc.wait(20)
