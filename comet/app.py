@@ -34,7 +34,7 @@ from comet.inputs import BadRequest, check_id, check_publisher, ids_of, last_eve
 from comet.longpoll import poll_once
 from comet.streams import StreamResponse, framing_for
 from comet.subscriptions import Subscriptions
-from comet.websocket import websocket_life
+from comet.websocket import WebSocketResponse
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,7 @@ class CometApp:
                              "speaks it: python -m comet.server, or gunicorn with "
                              "geventwebsocket.gunicorn.workers.GeventWebSocketWorker)",
                              (("Upgrade", "websocket"),))
-        websocket_life(self.subs, ws, self._connection(environ, "ws"), ids)
-        return []
+        return WebSocketResponse(self.subs, ws, ids, self._admit(environ, "ws"))
 
     def refuses_websocket(self, handler) -> bool:
         """gevent-websocket's ``pre_start_hook``: True answers over plain HTTP, no upgrade.

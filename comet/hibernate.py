@@ -32,8 +32,6 @@ import socket
 import gevent
 from gevent.socket import wait_write
 
-from comet import transports
-
 log = logging.getLogger(__name__)
 
 
@@ -44,7 +42,7 @@ def framed(message, framing) -> bytes:
         frames = message.frames = {}
     data = frames.get(framing.name)
     if data is None:
-        data = frames[framing.name] = transports.chunk(framing.message(message))
+        data = frames[framing.name] = framing.wire(framing.message(message))
     return data
 
 
@@ -106,9 +104,8 @@ class SleepingConnection:
             return
         self.ended = reason
         self.subs.wheel.cancel(self)
-        farewell = self.framing.farewell(reason)
-        last = (transports.chunk(farewell) if farewell else b"") + transports.LAST_CHUNK
-        if self._write(last) and self.pending is None and self.sock is not None:
+        if (self._write(self.framing.ending(reason)) and self.pending is None
+                and self.sock is not None):
             self._finish(reason)
 
     # -- life -----------------------------------------------------------------------
@@ -134,7 +131,7 @@ class SleepingConnection:
             self._finish("client closed")
             return
         tick = self.framing.tick(self.n, self.ids[0] if self.ids else "")
-        if self._write(transports.chunk(tick)):
+        if self._write(self.framing.wire(tick)):
             self.n += 1
             if self.sock is not None and self.ended is None:
                 self.subs.wheel.schedule(self, self._period())

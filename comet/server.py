@@ -24,6 +24,7 @@ from comet import config
 from comet.app import CometApp
 from comet.streams import StreamResponse
 from comet.tune import startup_problems
+from comet.websocket import WebSocketResponse
 
 log = logging.getLogger("comet.server")
 
@@ -81,6 +82,32 @@ class CometHandler(WebSocketHandler):
         # the server's close-when-done closes it, and gevent's watchers go.
         sock, self.socket = self.socket, None
         conn.awake(stdlib_socket.socket(fileno=sock.detach()))
+
+    def run_websocket(self) -> None:
+        """The same seam for an upgraded /ws/ request: hibernate its connection.
+
+        gevent-websocket would iterate the app's answer and park this greenlet
+        in it; a :class:`WebSocketResponse` is instead given the socket.
+        """
+        result = self.application(self.environ, lambda *args: None)
+        if not (self.hibernate and isinstance(result, WebSocketResponse)):
+            self._iterate_websocket(result)
+            return
+        conn = result.hibernate()
+        self.websocket.closed = True  # gevent-websocket must not close it: it is the conn's
+        self.websocket = None
+        self.environ["wsgi.websocket"] = None
+        sock, self.socket = self.socket, None
+        conn.awake(stdlib_socket.socket(fileno=sock.detach()))
+
+    def _iterate_websocket(self, result) -> None:
+        try:
+            list(result)
+        finally:
+            if self.websocket is not None and not self.websocket.closed:
+                self.websocket.closed = True
+            self.environ["wsgi.websocket"] = None
+            self.websocket = None
 
     def read_requestline(self) -> str:
         try:

@@ -6,14 +6,16 @@ is tested without a server (the h11 way).
 
 ``/test/`` (the seed's chunked stream) sends lines and SSE sends events; the
 HTTP server wraps each in a chunk of its own. Long-poll answers one JSON
-document; WebSocket sends a message's text as one text frame (the framing
-itself is gevent-websocket's).
+document; WebSocket sends a message's text as one text frame.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
+
+from geventwebsocket.websocket import Header
 
 #: The zero-length chunk that ends a chunked body (RFC 9112, 7.1).
 LAST_CHUNK = b"0\r\n\r\n"
@@ -99,3 +101,27 @@ def poll_answer(messages: list, last: str, missed: bool = False) -> bytes:
 def text_of(data: bytes) -> str:
     """Message bytes as text for JSON and WebSocket text frames."""
     return data.decode("utf-8", errors="replace")
+
+
+# -- WebSocket (RFC 6455): server frames, unmasked ------------------------------
+
+WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked frame (the header from gevent-websocket's encoder)."""
+    return bytes(Header.encode_header(True, opcode, b"", len(payload), 0)) + payload
+
+
+def ws_text(data: bytes) -> bytes:
+    """A message as one text frame: its bytes as UTF-8, bad bytes replaced."""
+    return ws_frame(WS_TEXT, text_of(data).encode())
+
+
+def ws_close(code: int, reason: str = "") -> bytes:
+    """A close frame: the status code, then at most 120 bytes of reason (RFC 6455, 5.5.1)."""
+    return ws_frame(WS_CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+
+
+#: the heartbeat of a WebSocket: clients answer it with a pong
+WS_PING_FRAME = ws_frame(WS_PING, b"")
