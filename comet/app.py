@@ -31,7 +31,7 @@ from comet import transports
 from comet.config import Settings
 from comet.connection import QueuedConnection
 from comet.inputs import BadRequest, check_id, check_publisher, ids_of, last_event_id, read_body
-from comet.longpoll import poll_once
+from comet.longpoll import PollResponse
 from comet.streams import StreamResponse, framing_for
 from comet.subscriptions import Subscriptions
 from comet.websocket import WebSocketResponse
@@ -182,9 +182,10 @@ class CometApp:
         query = environ.get("QUERY_STRING", "")
         ids = ids_of(path_id, query)
         since = last_event_id(environ, header=None, param="since")
-        conn = self._connection(environ, "poll")
-        return self._body(respond, transports.POLL_CONTENT_TYPE,
-                          poll_once(self.subs, conn, ids, since))
+        self._admit(environ, "poll")
+        respond("200 OK", [("Content-Type", transports.POLL_CONTENT_TYPE),
+                           ("Cache-Control", "no-store")])
+        return PollResponse(self.subs, ids, since)
 
     def websocket(self, environ: dict, respond: StartResponse, path_id: str) -> list[bytes]:
         ids = ids_of(path_id, environ.get("QUERY_STRING", ""))

@@ -22,6 +22,7 @@ from geventwebsocket.handler import WebSocketHandler
 
 from comet import config
 from comet.app import CometApp
+from comet.longpoll import PollResponse
 from comet.streams import StreamResponse
 from comet.tune import startup_problems
 from comet.websocket import WebSocketResponse
@@ -67,9 +68,12 @@ class CometHandler(WebSocketHandler):
         cannot take chunks, keep the plain life.
         """
         result = self.result
-        if not (self.hibernate and isinstance(result, StreamResponse)
+        if not (self.hibernate and isinstance(result, (StreamResponse, PollResponse))
                 and self.request_version == "HTTP/1.1"):
             super().process_result()
+            return
+        if isinstance(result, PollResponse):
+            self._hibernate_poll(result)
             return
         conn, first = result.hibernate()
         try:
@@ -82,6 +86,22 @@ class CometHandler(WebSocketHandler):
         # the server's close-when-done closes it, and gevent's watchers go.
         sock, self.socket = self.socket, None
         conn.awake(stdlib_socket.socket(fileno=sock.detach()))
+
+    def _hibernate_poll(self, result: PollResponse) -> None:
+        """A long-poll with an answer now is written as usual; one that must wait sleeps."""
+        conn, now = result.hibernate()
+        self.write(now)
+        if conn is None:
+            self._sendall(b"0\r\n\r\n")  # keep-alive goes on in this greenlet
+            return
+        self.close_connection = True
+        sock, self.socket = self.socket, None
+        server, address = self.server, self.client_address
+
+        def resume(raw: stdlib_socket.socket) -> None:
+            server.do_handle(socket.socket(fileno=raw.detach()), address)
+
+        result.awake(conn, stdlib_socket.socket(fileno=sock.detach()), resume)
 
     def run_websocket(self) -> None:
         """The same seam for an upgraded /ws/ request: hibernate its connection.

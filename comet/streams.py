@@ -63,6 +63,10 @@ def framing_for(name: str, settings) -> Framing:
                        lambda n, id: transports.SSE_HEARTBEAT, no_farewell,
                        transports.sse_missed, "heartbeat", transports.chunk,
                        _chunked_ending(no_farewell))
+    if name == "poll":  # a hibernated poll's wait: its answer is written by longpoll.py
+        return Framing("poll", transports.POLL_CONTENT_TYPE, lambda id: b"", lambda m: b"",
+                       lambda n, id: b"", lambda reason: None, None, "poll_timeout",
+                       transports.chunk, _chunked_ending(lambda reason: None))
     if name == "ws":
         return Framing("ws", "", lambda id: b"", lambda m: transports.ws_text(m.data),
                        lambda n, id: transports.WS_PING_FRAME, lambda reason: None, None,

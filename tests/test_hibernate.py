@@ -7,7 +7,7 @@ import requests
 import websocket
 
 from comet.timerwheel import TimerWheel
-from tests.chunked import open_stream
+from tests.chunked import StrictResponse, open_stream
 from tests.realserver import RealServer
 from tests.sse import open_events
 
@@ -127,5 +127,27 @@ def test_client_that_closes_is_logged_out_at_its_next_tick():
         stream.close()  # FIN, no RST: found by the peek at the next tick
         stats = server.wait_for(lambda s: s["connections"]["total"] == 0, what="logout")
         assert stats["timers"] == 0
+    finally:
+        server.stop()
+
+
+def test_waiting_poll_sleeps_then_its_connection_serves_the_next_request():
+    server = hibernating("--poll-timeout", "30")
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"GET /poll/kp HTTP/1.1\r\nHost: x\r\n\r\n")
+        stats = server.wait_for(lambda s: s["connections"].get("poll") == 1, what="waiting")
+        assert stats["timers"] == 1  # on the wheel, no greenlet
+        sent = post(server, "/send/kp", b"wake")
+        first = StrictResponse(sock)
+        assert first.status == 200
+        assert first.chunks_until(lambda c: True)[-1].startswith(b'{"messages": [{"id": "')
+        assert first.next_chunk() == b""
+        sock.sendall(b"GET /poll/kp?since=" + sent["message"].encode() + b" HTTP/1.1\r\n"
+                     b"Host: x\r\n\r\n")  # the same connection, kept alive
+        post(server, "/send/kp", b"again")
+        second = StrictResponse(sock, first.file)
+        assert second.status == 200 and b'"data": "again"' in second.next_chunk()
+        sock.close()
     finally:
         server.stop()
