@@ -53,7 +53,7 @@ class Generator:
     """Paces messages and sends them from ``concurrency`` threads."""
 
     def __init__(self, base: str, ids: list[str], rate: float, skew: float = 0.0,
-                 ports: list[int] | None = None, concurrency: int = 4, timeout: float = 5.0,
+                 ports: list[int] | None = None, concurrency: int = 16, timeout: float = 5.0,
                  seed: int | None = None, text: str = "msg") -> None:
         target = parse_url(base.rstrip("/") + "/")
         self.host = f"[{target.host}]" if ":" in target.host else target.host
@@ -76,11 +76,12 @@ class Generator:
 
     def _pace(self, duration: float | None) -> None:
         start = time.time()
+        end = start + duration if duration is not None else float("inf")
         k = 0
         while not self.stopped.is_set():
             due = start + k / self.rate
-            if duration is not None and due >= start + duration:
-                break
+            if due >= end or time.time() >= end:
+                break  # on time even when the senders fell behind the schedule
             delay = due - time.time()
             if delay > 0 and self.stopped.wait(delay):
                 break
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skew", type=float, default=0.0,
                    help="popularity exponent: 0 uniform, 1 Zipf (default 0)")
     p.add_argument("--duration", type=float, help="seconds, then stop (default: until Ctrl-C)")
-    p.add_argument("--concurrency", type=int, default=4, help="sender threads (default 4)")
+    p.add_argument("--concurrency", type=int, default=16, help="sender threads (default 16)")
     p.add_argument("--report", type=float, default=1.0, help="seconds between lines (default 1)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
     p.add_argument("--seed", type=int, help="random seed, for a repeatable id sequence")
