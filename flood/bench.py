@@ -122,11 +122,11 @@ class Bench:
         """Warm the server up (one request of each kind), then wait for quiet CPU."""
         self.server_stats()
         procs = memory.process_tree(self.server_pids)
+        for proc in procs:
+            proc.cpu_percent(interval=None)  # the first call only starts the clock
         for _ in range(30):
-            busy = sum(p.cpu_percent(interval=None) for p in procs)
             gevent.sleep(0.5)
-            busy = sum(p.cpu_percent(interval=None) for p in procs)
-            if busy < 10:
+            if sum(p.cpu_percent(interval=None) for p in procs) < 10:
                 return
 
     # -- measuring ----------------------------------------------------------
