@@ -32,6 +32,7 @@ from comet.config import Settings
 from comet.connection import QueuedConnection
 from comet.inputs import BadRequest, check_id, check_publisher, ids_of, last_event_id, read_body
 from comet.longpoll import PollResponse
+from comet.stats import memory_by_line
 from comet.streams import StreamResponse, framing_for
 from comet.subscriptions import Subscriptions
 from comet.websocket import WebSocketResponse
@@ -67,6 +68,7 @@ class CometApp:
             "/": (self.page, ("GET", "HEAD")),
             "/broadcast": (self.broadcast, ("POST",)),
             "/stats": (self.stats_json, ("GET", "HEAD")),
+            "/stats/memory": (self.memory_json, ("GET",)),
             "/health": (self.health, ("GET", "HEAD")),
         }
 
@@ -245,6 +247,10 @@ class CometApp:
 
     def stats_json(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
         return self._json(respond, self.stats.snapshot())
+
+    def memory_json(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
+        check_publisher(environ, self.settings.publish_key)  # loopback or the key: it is costly
+        return self._json(respond, memory_by_line())
 
     def health(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
         if not self.subs.accepting:

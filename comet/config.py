@@ -123,6 +123,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("allow_origin", text_or_none, None,
             "CORS: origins allowed to use /events, /poll and /ws from a page elsewhere "
             "('*' or a comma-separated list)"),
+    Setting("tracemalloc", non_negative_int, 0,
+            "frames of traceback tracemalloc keeps (0: off); when on, GET /stats/memory "
+            "lists the source lines holding the most memory (costs memory and CPU itself)"),
     Setting("log_level", log_level, "INFO", "debug, info, warning or error"),
 )
 

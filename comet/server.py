@@ -13,6 +13,7 @@ import resource
 import signal
 import socket as stdlib_socket
 import sys
+import tracemalloc
 
 import gevent
 import gevent.event
@@ -197,6 +198,8 @@ def make_server(settings: config.Settings, app: CometApp) -> pywsgi.WSGIServer:
 
 def serve(settings: config.Settings) -> int:
     """Run until SIGTERM or SIGINT; returns the exit status."""
+    if settings.tracemalloc:
+        tracemalloc.start(settings.tracemalloc)
     limit = raise_open_files_limit()
     streams = max(0, limit - FD_MARGIN)
     log.info("open-files limit %d: room for about %d connections in this process",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import tracemalloc
 from collections import Counter
 
 import psutil
@@ -60,3 +61,18 @@ class Stats:
             "rss_baseline_bytes": self.baseline_rss,
             "rss_per_connection": round((rss - self.baseline_rss) / held) if held else None,
         }
+
+
+def memory_by_line(limit: int = 25) -> dict:
+    """Where the Python heap is, by source line (``--tracemalloc``): the next step down."""
+    if not tracemalloc.is_tracing():
+        return {"error": "start the server with --tracemalloc 1 (or more frames)"}
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        (tracemalloc.Filter(False, tracemalloc.__file__),))
+    stats = snapshot.statistics("lineno")
+    total = sum(stat.size for stat in stats)
+    return {
+        "traced_bytes": total,
+        "lines": [{"where": f"{stat.traceback[0].filename}:{stat.traceback[0].lineno}",
+                   "bytes": stat.size, "blocks": stat.count} for stat in stats[:limit]],
+    }

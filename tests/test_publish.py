@@ -78,3 +78,11 @@ def test_stats_has_every_field(server):
 def test_health(server):
     answer = requests.get(server.url + "/health", timeout=10)
     assert answer.status_code == 200 and answer.text == "ok\n"
+
+
+def test_memory_by_line_needs_tracemalloc(start_server):
+    plain = start_server()
+    assert "error" in requests.get(plain.url + "/stats/memory", timeout=10).json()
+    traced = start_server("--tracemalloc", "1")
+    lines = requests.get(traced.url + "/stats/memory", timeout=30).json()
+    assert lines["traced_bytes"] > 0 and lines["lines"][0]["where"].count(":") >= 1
