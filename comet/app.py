@@ -30,10 +30,11 @@ from typing import Callable
 from comet import transports
 from comet.config import Settings
 from comet.connection import QueuedConnection
+from comet.framing import framing_for
 from comet.inputs import BadRequest, check_id, check_publisher, ids_of, last_event_id, read_body
 from comet.longpoll import PollResponse
 from comet.stats import memory_by_line
-from comet.streams import StreamResponse, framing_for
+from comet.streams import StreamResponse
 from comet.subscriptions import Subscriptions
 from comet.websocket import WebSocketResponse
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 from comet import transports
 from comet.connection import QueuedConnection
+from comet.framing import framing_for
 from comet.hibernate import SleepingConnection
 from comet.subscriptions import Subscriptions
 
@@ -100,7 +101,6 @@ class PollResponse:
         yield poll_once(self.subs, conn, self.ids, self.since)
 
     def hibernate(self) -> tuple[SleepingPoll | None, bytes]:
-        from comet.streams import framing_for
         conn = SleepingPoll(self.subs, framing_for("poll", self.subs.settings),
                             self.subs.history.position())
         replay = self.subs.open(conn, self.ids, self.since, resume=self.since is not None)

@@ -52,6 +52,9 @@ class CometHandler(WebSocketHandler):
 
     def handle(self) -> None:
         self.socket.settimeout(self.read_timeout)
+        # pywsgi sends headers and body in two writes: without NODELAY, Nagle and the
+        # client's delayed ACK hold each keep-alive answer ~40 ms (seen by msggen).
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().handle()
 
     def get_environ(self) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 from comet.config import Settings
+from comet.framing import SHUTDOWN_REASON
 from comet.history import MemoryHistory, Message, Replay
 from comet.router import Router
 from comet.stats import Stats
@@ -23,8 +24,6 @@ from comet.timerwheel import TimerWheel
 
 log = logging.getLogger(__name__)
 
-#: why streams end when the server stops (the /test/ farewell says it)
-SHUTDOWN_REASON = "server shutting down"
 
 
 class Subscriptions:

@@ -37,8 +37,9 @@ from geventwebsocket.websocket import Header
 
 from comet import transports
 from comet.connection import QueuedConnection
+from comet.framing import SHUTDOWN_REASON, framing_for
 from comet.hibernate import SleepingConnection
-from comet.subscriptions import SHUTDOWN_REASON, Subscriptions
+from comet.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,6 @@ class WebSocketResponse:
         return iter(())
 
     def hibernate(self) -> SleepingWebSocket:
-        from comet.streams import framing_for
         conn = SleepingWebSocket(self.subs, framing_for("ws", self.subs.settings))
         self.subs.open(conn, self.ids)
         return conn
