@@ -106,9 +106,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shutdown_timeout", positive_float, 5.0,
             "seconds SIGTERM waits for streams to end before closing them hard"),
     Setting("hibernate", on_off, True,
-            "on: an idle /test/ or /events/ stream keeps no greenlet (a ~100-byte record; "
-            "the router writes to its socket); off: one greenlet per connection sleeps in "
-            "its response iterator, as in the seed"),
+            "on: an idle connection (stream, SSE, WebSocket, waiting long-poll) keeps no "
+            "greenlet, only a small record whose socket the router writes to; off: one "
+            "greenlet per connection sleeps in its response iterator, as in the seed"),
     Setting("heartbeat", positive_float, 15.0,
             "seconds between SSE comment heartbeats and WebSocket pings"),
     Setting("sse_retry", positive_int, 2000,
@@ -213,5 +213,24 @@ def configure_logging(level: str) -> None:
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
 
 
+TABLE_START, TABLE_END = ".. options-table-start\n", ".. options-table-end\n"
+
+
+def rewrite_options_table(path: str) -> None:
+    """Put the current table between the markers of the rst file at ``path``."""
+    with open(path) as doc:
+        text = doc.read()
+    before, _, rest = text.partition(TABLE_START)
+    _, found, after = rest.partition(TABLE_END)
+    if not found:
+        raise SystemExit(f"{path}: no {TABLE_START.strip()} ... {TABLE_END.strip()} markers")
+    with open(path, "w") as doc:
+        doc.write(f"{before}{TABLE_START}\n{options_table()}\n\n{TABLE_END}{after}")
+
+
 if __name__ == "__main__":
-    print(options_table())
+    import sys
+    if len(sys.argv) > 1:
+        rewrite_options_table(sys.argv[1])
+    else:
+        print(options_table())
