@@ -55,28 +55,28 @@ def test_request_line_too_long_gets_414(shared_server):
     assert answer.status == 414
 
 
-def test_huge_headers_are_refused(shared_server):
-    headers = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 200) for i in range(400))
-    sock = socket.create_connection(("127.0.0.1", shared_server.port), timeout=10)
+def first_status_line(port: int, request: bytes) -> bytes:
+    """The status line the server answers ``request`` with; b"" if it just closed."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     try:
-        sock.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
-        status_line = sock.makefile("rb").readline()
+        sock.sendall(request)
+        return sock.makefile("rb").readline()
     except ConnectionError:
-        status_line = b""
+        return b""
     finally:
         sock.close()
+
+
+def test_huge_headers_are_refused(shared_server):
+    headers = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"v" * 200) for i in range(400))
+    status_line = first_status_line(shared_server.port,
+                                    b"GET /stats HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
     assert status_line == b"" or status_line.split()[1] in (b"400", b"431")
 
 
 def test_single_enormous_header_is_refused(shared_server):
-    sock = socket.create_connection(("127.0.0.1", shared_server.port), timeout=10)
-    try:
-        sock.sendall(b"GET /stats HTTP/1.1\r\nX-Big: " + b"v" * 100_000 + b"\r\n\r\n")
-        status_line = sock.makefile("rb").readline()
-    except ConnectionError:
-        status_line = b""
-    finally:
-        sock.close()
+    status_line = first_status_line(
+        shared_server.port, b"GET /stats HTTP/1.1\r\nX-Big: " + b"v" * 100_000 + b"\r\n\r\n")
     assert status_line == b"" or status_line.split()[1] in (b"400", b"431")
 
 

@@ -43,6 +43,14 @@ def wait_until_serving(proc: subprocess.Popen, port: int) -> None:
         time.sleep(0.2)
 
 
+def assert_clean_stop(proc: subprocess.Popen, stream) -> None:
+    """SIGTERM: the stream gets its farewell and last chunk, and gunicorn exits 0."""
+    proc.terminate()
+    got = stream.chunks_until(lambda c: c.startswith(b"Bye"))
+    assert got[-1] == b"Bye: server shutting down\n" and stream.next_chunk() == b""
+    assert proc.wait(20) == 0
+
+
 def test_gunicorn_gevent_worker_serves_streams_and_publishing():
     proc, port = gunicorn("-w", "1")
     try:
@@ -54,10 +62,7 @@ def test_gunicorn_gevent_worker_serves_streams_and_publishing():
         assert sent.json()["delivered"] == 1
         got = stream.chunks_until(lambda c: c.startswith(b"Recvd"))
         assert got[-1] == b"Recvd msg: via gunicorn\n"
-        proc.terminate()  # SIGTERM: the stream ends cleanly, gunicorn exits
-        got = stream.chunks_until(lambda c: c.startswith(b"Bye"))
-        assert got[-1] == b"Bye: server shutting down\n" and stream.next_chunk() == b""
-        assert proc.wait(20) == 0
+        assert_clean_stop(proc, stream)
     finally:
         proc.kill()
         proc.wait(20)
@@ -109,10 +114,7 @@ def test_comet_worker_hibernates_streams_and_serves_websockets():
             time.sleep(0.05)
         assert ws.recv() == "both"
         assert stream.chunks_until(lambda c: c.startswith(b"Recvd"))[-1] == b"Recvd msg: both\n"
-        proc.terminate()
-        got = stream.chunks_until(lambda c: c.startswith(b"Bye"))
-        assert got[-1] == b"Bye: server shutting down\n" and stream.next_chunk() == b""
-        assert proc.wait(20) == 0
+        assert_clean_stop(proc, stream)
     finally:
         proc.kill()
         proc.wait(20)
