@@ -5,15 +5,17 @@ Each value says why; ``python -m comet.tune`` checks the host limits these rely 
 
 import os
 
-#: gevent: one greenlet per connection, so one process holds thousands of idle streams.
-worker_class = "gevent"
+#: comet's worker: gevent, with hibernating connections (no greenlet while idle) and
+#: WebSocket. The stock "gevent" worker also runs the app, one greenlet per connection.
+worker_class = "comet.gunicorn.Worker"
 
 #: One process: the in-process router only reaches connections of its own process. More
 #: workers need the Redis backplane (not built yet); gunicorn forks them on one shared socket.
 workers = int(os.environ.get("COMET_WORKERS", "1"))
 
-#: Connections per worker: the open-files limit (20,000 here, per process) less ~1,000 files the
-#: process needs for itself. Raise it together with LimitNOFILE / limits.conf.
+#: Greenlets per worker: with comet's worker a hibernated connection holds none, so this
+#: bounds requests in progress; COMET_MAX_CONNECTIONS bounds connections held (the open-files
+#: limit, 20,000 per process here, less ~1,000 for the process itself).
 worker_connections = int(os.environ.get("COMET_WORKER_CONNECTIONS", "19000"))
 
 #: Same port as ``python -m comet.server``; conf/sysctl.conf reserves it from the ephemeral range.
@@ -32,7 +34,7 @@ graceful_timeout = 10
 #: Keep-alive between requests on non-streaming connections (publish, stats).
 keepalive = 5
 
-if workers > 1 and not os.environ.get("COMET_REDIS"):
+if workers > 1:
     raise SystemExit(
-        "comet: more than one gunicorn worker needs the Redis backplane (COMET_REDIS); "
-        "without it a message reaches only the connections of the worker that got it")
+        "comet: more than one gunicorn worker needs the Redis backplane, which is not built "
+        "yet; without it a message reaches only the connections of the worker that got it")

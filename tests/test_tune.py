@@ -314,11 +314,11 @@ def test_conf_open_files_limits_fit_under_nr_open():
     assert limits and all(int(value) <= nr_open for *_, value in limits)
 
 
-def test_conf_gunicorn_uses_gevent_and_refuses_workers_without_redis():
+def test_conf_gunicorn_uses_comets_worker_and_refuses_a_second_one():
     path = str(REPO / "conf" / "gunicorn.conf.py")
     settings: dict = {}
     exec(compile(Path(path).read_text(), path, "exec"), settings)
-    assert settings["worker_class"] == "gevent" and settings["workers"] == 1
+    assert settings["worker_class"] == "comet.gunicorn.Worker" and settings["workers"] == 1
     assert settings["worker_connections"] + capacity.FD_MARGIN <= 20000
     result = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "COMET_WORKERS": "2"})
