@@ -41,7 +41,12 @@ _HEX = re.compile(rb"[0-9A-Fa-f]+")
 _FIELD = re.compile(_TOKEN + rb":[ \t]*[^\r\n]*")
 
 
-class ChunkError(ValueError):
+class DecodeError(ValueError):
+    """What a transport's decoder raises on bytes that break its protocol; the message is the
+    close reason shown to the user. Every decoder's error derives from it."""
+
+
+class ChunkError(DecodeError):
     """The body is not valid chunked encoding; the message is the reason shown to the user."""
 
 
@@ -70,6 +75,11 @@ class ChunkedDecoder:
         "_left",     # bytes of chunk data still to come (in _DATA), CRLF bytes seen (in _DATA_CRLF)
         "_buf",      # partial size/trailer line, or the data of the chunk in flight
     )
+
+    #: the decoder never has bytes to send back (WebSocket pongs and long-poll requests do)
+    answers = False
+    #: the close reason once :attr:`done`
+    end_reason = "stream ended"
 
     def __init__(self) -> None:
         self._state = _SIZE

@@ -59,8 +59,9 @@ class Connector:
         sock = None
         try:
             target = parse_url(url)
-            sock = self._connect(target, source)
-            body = self._read_head(sock)
+            request = self.transport.request(target)
+            sock = self._connect(target, source, request)
+            body = self._read_head(sock, request) if self.transport.reads_head else b""
         except (OSError, head.HeadError, BadUrl, UnicodeError) as exc:
             counters.pending -= 1
             if sock is not None:
@@ -72,9 +73,9 @@ class Connector:
         counters.pending -= 1
         counters.opened(time.time())
         fd = sock.detach()
-        self.reader.add(fd, self.transport.decoder(), url, body)
+        self.reader.add(fd, self.transport.decoder(request), url, body)
 
-    def _connect(self, target: Target, source: str | None) -> socket.socket:
+    def _connect(self, target: Target, source: str | None, request: bytes) -> socket.socket:
         family, addr = self.resolve(target.host, target.port)
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -82,13 +83,13 @@ class Connector:
                 bind_source(sock, source)
             sock.settimeout(self.timeout)
             sock.connect(addr)
-            sock.sendall(self.transport.request(target))
+            sock.sendall(request)
         except BaseException:
             sock.close()
             raise
         return sock
 
-    def _read_head(self, sock: socket.socket) -> bytes:
+    def _read_head(self, sock: socket.socket, request: bytes) -> bytes:
         """Read until the blank line; return the body bytes that came with the head."""
         buf = b""
         deadline = time.monotonic() + self.timeout
@@ -102,7 +103,7 @@ class Connector:
             if split is not None:
                 break
         raw, body = split
-        self.transport.check(head.parse_head(raw))
+        self.transport.check(head.parse_head(raw), request)
         return body
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import gevent
 
-from flood.chunked import ChunkError
+from flood.chunked import DecodeError
 from flood.stats import Counters
 
 #: Bytes read from one ready stream per round; a tick or a message is far smaller.
@@ -34,7 +34,7 @@ class Stream:
 
     __slots__ = (
         "fd",       # the socket's file descriptor, non-blocking, owned by the Reader
-        "decoder",  # transport decoder: feed(bytes) -> [message], .done, .mid_chunk
+        "decoder",  # the transport's decoder (flood.transport says what it offers)
         "url",      # the URL string (shared with the URL list, not a copy)
     )
 
@@ -100,8 +100,10 @@ class Reader:
     def _consume(self, stream: Stream, data: bytes, now: float) -> None:
         try:
             messages = stream.decoder.feed(data)
-        except ChunkError as exc:
+        except DecodeError as exc:
             self._close(stream, str(exc))
+            return
+        if stream.decoder.answers and not self._answer(stream):
             return
         if messages:
             self.counters.chunks += len(messages)
@@ -109,7 +111,29 @@ class Reader:
             for message in messages:
                 observe(message, now)
         if stream.decoder.done:
-            self._close(stream, "stream ended")
+            self._close(stream, stream.decoder.end_reason)
+
+    def _answer(self, stream: Stream) -> bool:
+        """Send what the decoder owes the server (a pong, a close reply, the next poll).
+
+        These are a few hundred bytes at most into an otherwise idle socket, so one
+        non-blocking write is enough; if the socket cannot take them the connection is
+        closed with that reason rather than given a greenlet to wait.
+        """
+        out = stream.decoder.take_replies()
+        if not out:
+            return True
+        try:
+            sent = os.write(stream.fd, out)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._close(stream, exc.strerror or str(exc))
+            return False
+        if sent < len(out):
+            self._close(stream, "send buffer full: could not answer the server")
+            return False
+        return True
 
     def _close(self, stream: Stream, reason: str) -> None:
         self._drop(stream)
