@@ -1,11 +1,15 @@
 """One shared timer for every hibernated connection: ticks, heartbeats, pings.
 
 A timer per connection (a libev timer and a greenlet waiting on it) costs
-hundreds of bytes each; a hibernated connection costs a set entry here. Time
-is cut into slots of ``resolution`` seconds; a connection due at time t sits
-in slot ``int(t / resolution)``, and one greenlet wakes once a slot, takes
-every connection due, and calls its ``on_timer()``. A connection that wants
-another turn calls :meth:`TimerWheel.schedule` again from there.
+hundreds of bytes each; a hibernated connection costs one list entry here (8
+bytes; a set entry costs ~90 by tracemalloc). Time is cut into slots of
+``resolution`` seconds; a connection due at time t is listed in slot
+``int(t / resolution)`` and remembers that slot in its ``slot`` attribute.
+One greenlet wakes once a slot, takes every connection due, and calls its
+``on_timer()``; a connection that wants another turn calls
+:meth:`TimerWheel.schedule` again from there. Cancelling only forgets the
+slot on the connection: the list entry stays until its slot comes round and
+is skipped then, because the connection no longer names that slot.
 
 The greenlet runs only while something is scheduled: an empty wheel costs
 nothing and leaves nothing behind (the leak test checks ``len(wheel) == 0``).
@@ -28,7 +32,7 @@ class TimerWheel:
         #: seconds per slot: how late a tick may come at most
         self.resolution = resolution
         self._clock = clock
-        self._slots: dict[int, set] = {}
+        self._slots: dict[int, list] = {}
         self._count = 0
         self._runner: gevent.Greenlet | None = None
 
@@ -39,33 +43,27 @@ class TimerWheel:
         """Call ``conn.on_timer()`` in about ``delay`` seconds (replacing any earlier turn)."""
         self.cancel(conn)
         slot = int((self._clock() + delay) / self.resolution) + 1
-        self._slots.setdefault(slot, set()).add(conn)
+        self._slots.setdefault(slot, []).append(conn)
         conn.slot = slot
         self._count += 1
         if self._runner is None:
             self._runner = gevent.spawn(self._run)
 
     def cancel(self, conn) -> None:
-        slot = conn.slot
-        if slot is None:
-            return
-        conn.slot = None
-        due = self._slots.get(slot)
-        if due is not None and conn in due:
-            due.discard(conn)
+        if conn.slot is not None:
+            conn.slot = None
             self._count -= 1
-            if not due:
-                del self._slots[slot]
 
     def _run(self) -> None:
         try:
             while self._count:
                 now_slot = int(self._clock() / self.resolution)
                 for slot in sorted(s for s in self._slots if s <= now_slot):
-                    due = self._slots.pop(slot)
-                    self._count -= len(due)
-                    for conn in due:
+                    for conn in self._slots.pop(slot):
+                        if conn.slot != slot:
+                            continue  # cancelled, or moved to another slot
                         conn.slot = None
+                        self._count -= 1
                         try:
                             conn.on_timer()
                         except Exception:  # one bad connection must not stop the others
@@ -73,3 +71,5 @@ class TimerWheel:
                 gevent.sleep(self.resolution)
         finally:
             self._runner = None
+            if not self._count:
+                self._slots.clear()  # only cancelled entries can be left
