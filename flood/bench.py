@@ -11,9 +11,12 @@ and a PNG (:mod:`flood.plot`). Memory figures follow DESIGN.md's method
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
+import shlex
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,10 +26,11 @@ import gevent
 import psutil
 import requests
 
-from flood import latency, memory, stats
+from flood import benchtable, latency, memory, stats
 from flood.procs import Children, procs_needed, raise_nofile
 from flood.report import write_json
 from flood.sources import parse_sources, port_warning
+from flood.transport import TRANSPORTS
 from flood.urls import generate
 from flood.worker import Plan
 
@@ -79,7 +83,8 @@ class Bench:
         self.target = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "comet.server", "--host", "127.0.0.1", "--port", str(port),
                "--interval", str(self.args.interval),
-               "--max-connections", str(self.args.connections + 100)]
+               "--max-connections", str(self.args.connections + 100),
+               *shlex.split(self.args.server_args or "")]
         self.server_log = os.path.join(out_dir, f"bench-server-{port}.log")
         with open(self.server_log, "wb") as log:
             self.server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -176,7 +181,8 @@ class Bench:
         nofile = raise_nofile()
         plan = Plan(url_file=url_file, wait_ms=1000.0 / args.rate, start_at=time.time() + 1.0,
                     sources=parse_sources(args.source) if args.source else [],
-                    concurrency=args.concurrency, emit_every=SAMPLE, closed_lines=5)
+                    concurrency=args.concurrency, emit_every=SAMPLE, closed_lines=5,
+                    transport=args.transport, unread=args.unread)
         self.client_procs = args.procs or procs_needed(args.connections, nofile)
         children = Children(plan, self.client_procs, self.log)
         children.start()
@@ -206,8 +212,26 @@ class Bench:
         return stats.sum_snapshots(children.snapshots())
 
     def fanout(self, children: Children, expected: int) -> dict:
+        """``--broadcasts`` timed broadcasts, one after another; the median and each."""
+        runs = []
+        for _ in range(self.args.broadcasts):
+            runs.append(self.broadcast(children, expected))
+            gevent.sleep(0.2)
+        merged = latency.merge([s["hist"] for s in children.snapshots()])
+        times = [r["all_received_ms"] for r in runs]
+        done = sorted(t for t in times if t is not None)
+        first = runs[0]
+        return {"answer": first["answer"], "answer_s": first["answer_s"], "expected": expected,
+                "received": first["received"], **latency.describe(merged),
+                "all_received_ms": statistics.median(done) if len(done) == len(runs) else None,
+                "all_received_ms_each": times,
+                "deliveries_per_s": first["deliveries_per_s"],
+                "broadcasts": runs, "buckets": latency.buckets(merged)}
+
+    def broadcast(self, children: Children, expected: int) -> dict:
         """POST /broadcast with a timestamp; wait until every held stream has it."""
-        before = stats.sum_snapshots(children.snapshots())["latency"]["count"]
+        before = latency.merge([s["hist"] for s in children.snapshots()])
+        count0 = before.get_total_count()
         body = latency.stamp("bench broadcast").encode()
         sent = time.time()
         try:
@@ -219,24 +243,58 @@ class Bench:
         deadline = sent + self.args.fanout_timeout
         while time.time() < deadline:
             total = self.sample(children)
-            if total["latency"]["count"] - before >= min(expected, total["active"]):
+            if total["latency"]["count"] - count0 >= min(expected, total["active"]):
                 break  # everyone still connected has it
             gevent.sleep(0.05)
-        merged = latency.merge([s["hist"] for s in children.snapshots()])
-        figures = latency.describe(merged)
+        this = latency.since(latency.merge([s["hist"] for s in children.snapshots()]), before)
+        figures = latency.describe(this)
         span = figures["max_ms"]
-        return {"answer": answer, "answer_s": round(answered, 3), "expected": expected,
-                "received": figures["count"] - before, **figures,
-                "all_received_ms": span if figures["count"] - before >= expected else None,
+        return {"answer": answer, "answer_s": round(answered, 3), "received": figures["count"],
+                **figures,
+                "all_received_ms": span if figures["count"] >= expected else None,
                 "deliveries_per_s": (round(figures["count"] / (span / 1000), 1)
-                                     if span else None),
-                "buckets": latency.buckets(merged)}
+                                     if span else None)}
+
+    def fill(self) -> dict:
+        """--unread: send every connection --unread-bytes in 8 KiB broadcasts nobody reads."""
+        size = min(8192, self.args.unread_bytes)
+        sent, answers = 0, []
+        while sent < self.args.unread_bytes:
+            body = latency.stamp("unread " + "x" * size)[:size].encode()
+            answers.append(_http("POST", self.target + "/broadcast", data=body).json())
+            sent += len(body)
+        return {"bytes_per_connection": sent, "broadcasts": len(answers),
+                "delivered": [a.get("delivered") for a in answers]}
+
+    def churn(self, children: Children, before: dict) -> dict:
+        """The clients leave; wait until the server holds nothing, then compare its RSS."""
+        left = time.time()
+        children.stop()
+        children.wait(timeout=30)
+        stats_now = None
+        while time.time() < left + self.args.churn_timeout:
+            stats_now = self.server_stats()
+            if stats_now and stats_now["connections"]["total"] == 0 \
+                    and stats_now.get("timers") == 0:
+                break
+            gevent.sleep(0.25)
+        emptied = time.time() - left
+        self.wait_idle()
+        after = memory.process_memory(self.server_pids)
+        rb = before["server"]["rss_bytes"]
+        return {"empty": bool(stats_now and stats_now["connections"]["total"] == 0
+                              and stats_now.get("timers") == 0),
+                "empty_after_s": round(emptied, 3), "stats": stats_now,
+                "rss_before": rb, "rss_after": after["rss_bytes"],
+                "pss_after": after["pss_bytes"],
+                "rss_percent": round(100.0 * after["rss_bytes"] / rb, 2) if rb else None}
 
     def run(self) -> dict:
         args = self.args
         out_dir = os.path.dirname(os.path.abspath(args.plot or args.json or "bench-out/x"))
         os.makedirs(out_dir, exist_ok=True)
-        self.result.update(command=["flood.bench", *sys.argv[1:]],
+        self.result.update(command=["flood.bench", *sys.argv[1:]], transport=args.transport,
+                           server_args=args.server_args or "", unread=args.unread,
                            date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                            connections_requested=args.connections, rate_requested=args.rate,
                            tcp=memory.tcp_buffers())
@@ -248,8 +306,10 @@ class Bench:
             else:
                 self.wait_healthy()
             self.result["target"] = self.target
+            path = TRANSPORTS[args.transport].path
             with os.fdopen(fd, "w") as fh:
-                fh.writelines(u + "\n" for u in generate(args.connections, self.target))
+                fh.writelines(u + "\n" for u in generate(args.connections, self.target,
+                                                          path=path))
             warning = port_warning({self.target: args.connections},
                                    parse_sources(args.source) if args.source else [])
             if warning:
@@ -259,9 +319,15 @@ class Bench:
             children, ready = self.flood(url_file)
             ramp = stats.sum_snapshots(children.snapshots())
             held = self.hold(children)
+            if args.unread:
+                self.result["unread"] = self.fill()
+                held = self.hold(children)
             after = self.measure()
-            fan = self.fanout(children, held["active"])
+            fan = None if args.unread else self.fanout(children, held["active"])
             self.result.update(self.figures(before, after, ready, ramp, held, fan))
+            if args.churn:
+                self.result["churn"] = self.churn(children, before)
+                children = None
         finally:
             if children is not None:
                 children.stop()
@@ -272,7 +338,7 @@ class Bench:
         return self.result
 
     def figures(self, before: dict, after: dict, ready: dict, ramp: dict, held: dict,
-                fan: dict) -> dict:
+                fan: dict | None) -> dict:
         n = held["active"] or 1
         sb, sa = before["server"], after["server"]
         kb, ka = before["kernel"], after["kernel"]
@@ -299,47 +365,6 @@ class Bench:
         }
 
 
-def table(r: dict) -> list[str]:
-    """The human answer; the JSON holds the same figures unrounded."""
-    mb = 1e6
-    fan = r["fanout"]
-    rate = r["accept_rate_per_s"]
-    rows = [
-        ("connections requested", f"{r['connections_requested']} at {r['rate_requested']:g}/s"),
-        ("held", f"{r['held']}"),
-        ("closed", f"{r['closed']} {r['closed_reasons'] or ''}".strip()),
-        ("accept rate", f"{rate:.0f} conn/s over {r['ramp_s']:.2f} s" if rate else "-"),
-        ("server RSS", f"{r['server_rss_before'] / mb:.1f} -> {r['server_rss_after'] / mb:.1f} MB"
-                       f" = {r['server_kb_per_conn']:.2f} KB/conn"
-                       f" ({r['server_processes']} process(es))"),
-        ("server PSS", f"{r['server_pss_before'] / mb:.1f} -> {r['server_pss_after'] / mb:.1f} MB"
-                       f" = {r['server_pss_kb_per_conn']:.2f} KB/conn"),
-        ("kernel slab", f"{(r['slab_after'] - r['slab_before']) / mb:+.1f} MB"
-                        f" = {r['slab_kb_per_conn']:.2f} KB/conn (both loopback ends)"),
-        ("kernel TCP mem", f"{r['tcp_mem_pages_before']} -> {r['tcp_mem_pages_after']} pages"
-                           f" = {r['tcp_mem_kb_per_conn']:.2f} KB/conn"),
-        ("flood client RSS", f"{r['client_rss_before'] / mb:.1f} -> "
-                             f"{r['client_rss_after'] / mb:.1f} MB"
-                             f" = {r['client_kb_per_conn']:.2f} KB/conn"
-                             f" ({r['client_processes']} process(es))"),
-        ("broadcast fan-out", _fanout_text(fan)),
-        ("tcp_rmem / tcp_wmem", f"{' '.join(r['tcp']['tcp_rmem'] or [])} / "
-                                f"{' '.join(r['tcp']['tcp_wmem'] or [])}"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return [f"{k:<{width}}  {v}" for k, v in rows]
-
-
-def _fanout_text(fan: dict) -> str:
-    if not fan.get("count"):
-        return f"nothing received (answer {fan.get('answer')})"
-    done = (f"all {fan['expected']} in {fan['all_received_ms']:.0f} ms"
-            if fan["all_received_ms"] is not None
-            else f"{fan['received']} of {fan['expected']} received")
-    return (f"{done}: p50 {fan['p50_ms']:.1f} ms, p99 {fan['p99_ms']:.1f} ms, "
-            f"max {fan['max_ms']:.1f} ms, {fan['deliveries_per_s'] or 0:.0f} deliveries/s")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flood.bench",
                                 description="Server + flood + measurement in one command.")
@@ -348,6 +373,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hold", type=float, default=5.0, help="seconds to hold before measuring")
     p.add_argument("--interval", type=float, default=10.0,
                    help="the server's tick interval when bench starts it (default 10)")
+    p.add_argument("--transport", default="stream", choices=list(TRANSPORTS),
+                   help="stream (/test/), sse (/events/), ws (/ws/), poll (/poll/)")
+    p.add_argument("--server-args", default="",
+                   help="more flags for the server bench starts: \"--hibernate off\"")
+    p.add_argument("--modes", help="run once per --hibernate mode and print them side by side: "
+                                   "on,off")
+    p.add_argument("--broadcasts", type=int, default=1,
+                   help="timed broadcasts one after another; the median and each (default 1)")
+    p.add_argument("--churn", action="store_true",
+                   help="after measuring, the clients leave; wait until /stats shows no "
+                        "connection and no timer, then compare the server's RSS with before")
+    p.add_argument("--churn-timeout", type=float, default=60.0,
+                   help="seconds to wait for the server to empty (default 60)")
+    p.add_argument("--unread", action="store_true",
+                   help="clients never read after the head: send each --unread-bytes and "
+                        "measure with the socket buffers full (no fan-out timing)")
+    p.add_argument("--unread-bytes", type=int, default=65536,
+                   help="bytes per connection sent with --unread, in 8 KiB broadcasts")
     p.add_argument("--port", type=int, help="port for the server bench starts (default: free)")
     p.add_argument("--target", help="use this running server instead: http://127.0.0.1:8000")
     p.add_argument("--server-pid", type=int, help="with --target: its pid, for memory figures")
@@ -362,29 +405,60 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.target and not args.server_pid:
         parser.error("--target needs --server-pid (bench measures that process's memory)")
-    if args.connections < 1 or args.rate <= 0:
-        parser.error("--connections and --rate must be positive")
+    if args.connections < 1 or args.rate <= 0 or args.broadcasts < 1:
+        parser.error("--connections, --rate and --broadcasts must be positive")
+    if args.target and (args.server_args or args.modes):
+        parser.error("--server-args and --modes need a server bench starts, not --target")
+    if args.unread and args.transport == "poll":
+        parser.error("--unread with poll: an unread poll never asks again; use another transport")
+    if args.modes:
+        args.modes = [m.strip() for m in args.modes.split(",")]
+        if not set(args.modes) <= {"on", "off"} or len(set(args.modes)) != len(args.modes):
+            parser.error("--modes takes on, off or both: on,off")
     if args.no_plot:
         args.plot = None
-    bench = Bench(args)
-    result = bench.run()
-    for line in table(result):
-        print(line)
+    return args
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    """One bench run and its PNG (when asked)."""
+    result = Bench(args).run()
     if args.plot:
         from flood.plot import write_plot
-        write_plot(args.plot, result["series"], result["fanout"]["buckets"],
+        fan = result["fanout"] or {"buckets": []}
+        write_plot(args.plot, result["series"], fan["buckets"],
                    f"{result['held']} connections to {result['target']}, {result['date']}")
         result["plot"] = args.plot
-        print(f"plot: {args.plot}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _checked(build_parser(), argv)
+    if not args.modes:
+        result = run_one(args)
+        print("\n".join(benchtable.table(result)))
+        held = result["held"]
+    else:
+        runs = {}
+        for mode in args.modes:
+            one = copy.copy(args)
+            one.server_args = f"{args.server_args} --hibernate {mode}".strip()
+            if args.plot:
+                root, ext = os.path.splitext(args.plot)
+                one.plot = f"{root}-{mode}{ext}"
+            runs[mode] = run_one(one)
+        print("\n".join(benchtable.side_by_side(runs)))
+        result = {"command": ["flood.bench", *(sys.argv[1:] if argv is None else argv)],
+                  "date": runs[args.modes[0]]["date"], "modes": runs}
+        held = min(r["held"] for r in runs.values())
     if args.json:
         write_json(args.json, result)
         print(f"json: {args.json}")
-    return 0 if result["held"] else 1
+    return 0 if held else 1
 
 
 if __name__ == "__main__":

@@ -97,3 +97,14 @@ def buckets(hist: HdrHistogram) -> list[tuple[float, int]]:
     """(milliseconds, count) for each recorded value; the plot's histogram bars."""
     return [(item.value_iterated_to / 1000, item.count_at_value_iterated_to)
             for item in hist.get_recorded_iterator()]
+
+
+def since(after: HdrHistogram, before: HdrHistogram) -> HdrHistogram:
+    """What ``after`` recorded that ``before`` had not: one broadcast out of a running total."""
+    diff = new_histogram()
+    for item in after.get_recorded_iterator():
+        value = item.value_iterated_to
+        count = item.count_at_value_iterated_to - before.get_count_at_value(value)
+        if count > 0:
+            diff.record_value(value, count)
+    return diff

@@ -47,9 +47,13 @@ class Stream:
 class Reader:
     """Owns every held stream of this process: registers, reads, counts, closes."""
 
-    def __init__(self, counters: Counters, on_closed: Callable[[str], None]) -> None:
+    def __init__(self, counters: Counters, on_closed: Callable[[str], None],
+                 unread: bool = False) -> None:
         self.counters = counters
         self.on_closed = on_closed  #: called with each close reason (for ``Closed:`` lines)
+        #: hold streams without reading them, so what the server sends fills the socket
+        #: buffers (bench --unread: what unread data costs the kernel and the server)
+        self.unread = unread
         self._epoll = select.epoll()
         self._streams: dict[int, Stream] = {}
         self._greenlet: gevent.Greenlet | None = None
@@ -64,7 +68,8 @@ class Reader:
         """Take over a stream whose head was read; ``already`` is body read with the head."""
         stream = Stream(fd, decoder, url)
         self._streams[fd] = stream
-        self._epoll.register(fd, _EVENTS)
+        if not self.unread:
+            self._epoll.register(fd, _EVENTS)
         if already:
             self._consume(stream, already, time.time())
 

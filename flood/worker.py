@@ -43,6 +43,7 @@ class Plan:
     transport: str = "stream"
     emit_every: float = 1.0        #: seconds between snapshots sent to the parent
     closed_lines: int = 20         #: ``Closed:`` lines printed per second at most
+    unread: bool = False           #: hold streams without reading what arrives (bench --unread)
 
 
 class ClosedLines:
@@ -84,7 +85,7 @@ class Flood:
         self.urls = urls  #: every URL of the file; this process uses its slice
         self.counters = Counters()
         self.closed_lines = ClosedLines(out, plan.closed_lines)
-        self.reader = Reader(self.counters, self.closed_lines)
+        self.reader = Reader(self.counters, self.closed_lines, plan.unread)
         self.connector = Connector(self.counters, self.reader, transports.get(plan.transport),
                                    self.closed_lines, plan.timeout)
         self.pool = gevent.pool.Pool(plan.concurrency)

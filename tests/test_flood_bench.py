@@ -74,3 +74,45 @@ def test_bench_measures_a_running_server_given_by_target_and_pid(tmp_path):
         server.wait(timeout=15)
     check(doc)
     assert doc["server_pids"] == [server.pid]
+
+
+def test_bench_sse_repeated_broadcasts_churn_and_server_args(tmp_path):
+    doc = bench(tmp_path, "--transport", "sse", "--broadcasts", "3", "--churn",
+                "--server-args", "--heartbeat 0.5")
+    check(doc)
+    assert doc["transport"] == "sse" and doc["server_command"][-2:] == ["--heartbeat", "0.5"]
+    assert doc["server_stats_after"]["connections"]["events"] == N
+    fan = doc["fanout"]
+    assert len(fan["broadcasts"]) == 3 and len(fan["all_received_ms_each"]) == 3
+    assert all(b["received"] == N for b in fan["broadcasts"])  # each counted on its own
+    assert sorted(fan["all_received_ms_each"])[1] == fan["all_received_ms"]  # the median
+    churn = doc["churn"]
+    assert churn["empty"] and churn["stats"]["timers"] == 0
+    assert churn["rss_after"] > 0 and churn["rss_percent"] > 0
+
+
+def test_bench_modes_run_both_and_print_them_side_by_side(tmp_path):
+    out = tmp_path / "modes.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "flood.bench", "--connections", "50", "--hold", "0.3",
+         "--interval", "1", "--modes", "on,off", "--no-plot", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--hibernate on | --hibernate off" in result.stdout
+    doc = json.loads(out.read_text())
+    for mode in ("on", "off"):
+        run = doc["modes"][mode]
+        assert run["held"] == 50 and run["server_command"][-2:] == ["--hibernate", mode]
+
+
+def test_bench_unread_clients_leave_data_in_the_socket_buffers(tmp_path):
+    out = tmp_path / "unread.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "flood.bench", "--connections", "50", "--hold", "0.3",
+         "--transport", "ws", "--unread", "--unread-bytes", "16384", "--no-plot",
+         "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads(out.read_text())
+    assert doc["held"] == 50 and doc["fanout"] is None
+    assert doc["unread"]["bytes_per_connection"] >= 16384
+    assert doc["unread"]["delivered"] == [50, 50]

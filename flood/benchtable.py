@@ -1,0 +1,87 @@
+"""What ``python -m flood.bench`` prints: one run's figures as rows, several runs side by side.
+
+Pure formatting of the JSON document :class:`flood.bench.Bench` builds; the JSON keeps
+every figure unrounded.
+"""
+
+from __future__ import annotations
+
+MB = 1e6
+
+
+def rows(r: dict) -> list[tuple[str, str]]:
+    """(figure, value) for one run."""
+    rate = r["accept_rate_per_s"]
+    out = [
+        ("transport / server args", f"{r.get('transport', 'stream')} / "
+                                    f"{r.get('server_args') or '(defaults)'}"),
+        ("connections requested", f"{r['connections_requested']} at {r['rate_requested']:g}/s"),
+        ("held", f"{r['held']}"),
+        ("closed", f"{r['closed']} {r['closed_reasons'] or ''}".strip()),
+        ("accept rate", f"{rate:.0f} conn/s over {r['ramp_s']:.2f} s" if rate else "-"),
+        ("server RSS", f"{r['server_rss_before'] / MB:.1f} -> {r['server_rss_after'] / MB:.1f} MB"
+                       f" = {r['server_kb_per_conn']:.2f} KB/conn"
+                       f" ({r['server_processes']} process(es))"),
+        ("server PSS", f"{r['server_pss_before'] / MB:.1f} -> {r['server_pss_after'] / MB:.1f} MB"
+                       f" = {r['server_pss_kb_per_conn']:.2f} KB/conn"),
+        ("kernel slab", f"{(r['slab_after'] - r['slab_before']) / MB:+.1f} MB"
+                        f" = {r['slab_kb_per_conn']:.2f} KB/conn (both loopback ends)"),
+        ("kernel TCP mem", f"{r['tcp_mem_pages_before']} -> {r['tcp_mem_pages_after']} pages"
+                           f" = {r['tcp_mem_kb_per_conn']:.2f} KB/conn"),
+        ("flood client RSS", f"{r['client_rss_before'] / MB:.1f} -> "
+                             f"{r['client_rss_after'] / MB:.1f} MB"
+                             f" = {r['client_kb_per_conn']:.2f} KB/conn"
+                             f" ({r['client_processes']} process(es))"),
+    ]
+    if r.get("unread"):
+        u = r["unread"]
+        out.append(("unread data sent", f"{u['bytes_per_connection']} B/conn in "
+                                        f"{u['broadcasts']} broadcasts, not read"))
+    else:
+        out.append(("broadcast fan-out", fanout_text(r["fanout"])))
+        each = r["fanout"].get("all_received_ms_each") or []
+        if len(each) > 1:
+            out.append(("each broadcast, all in", ", ".join(
+                "-" if t is None else f"{t:.0f}" for t in each) + " ms"))
+    if r.get("churn"):
+        c = r["churn"]
+        out.append(("after churn", (f"empty in {c['empty_after_s']:.1f} s" if c["empty"]
+                                    else f"NOT empty: {c['stats']}")
+                    + f", RSS {c['rss_before'] / MB:.1f} -> {c['rss_after'] / MB:.1f} MB"
+                    f" = {c['rss_percent']:.1f} % of before"))
+    out.append(("tcp_rmem / tcp_wmem", f"{' '.join(r['tcp']['tcp_rmem'] or [])} / "
+                                       f"{' '.join(r['tcp']['tcp_wmem'] or [])}"))
+    return out
+
+
+def table(r: dict) -> list[str]:
+    """The human answer for one run."""
+    pairs = rows(r)
+    width = max(len(k) for k, _ in pairs)
+    return [f"{k:<{width}}  {v}" for k, v in pairs]
+
+
+def side_by_side(runs: dict[str, dict]) -> list[str]:
+    """Several runs (``--modes on,off``) as columns, one figure a line."""
+    columns = {name: dict(rows(r)) for name, r in runs.items()}
+    keys = [k for k, _ in rows(next(iter(runs.values())))]
+    for col in columns.values():
+        keys += [k for k in col if k not in keys]
+    width = max(len(k) for k in keys)
+    lines = [f"{'':<{width}}  " + " | ".join(f"--hibernate {n}" for n in columns)]
+    for key in keys:
+        lines.append(f"{key:<{width}}  " + " | ".join(col.get(key, "-")
+                                                      for col in columns.values()))
+    return lines
+
+
+def fanout_text(fan: dict) -> str:
+    if not fan.get("count"):
+        return f"nothing received (answer {fan.get('answer')})"
+    n = len(fan.get("broadcasts") or [1])
+    what = "median of " + str(n) + ": " if n > 1 else ""
+    done = (f"{what}all {fan['expected']} in {fan['all_received_ms']:.0f} ms"
+            if fan["all_received_ms"] is not None
+            else f"{fan['received']} of {fan['expected']} received")
+    return (f"{done}: p50 {fan['p50_ms']:.1f} ms, p99 {fan['p99_ms']:.1f} ms, "
+            f"max {fan['max_ms']:.1f} ms, {fan['deliveries_per_s'] or 0:.0f} deliveries/s")
