@@ -56,7 +56,7 @@ class SleepingConnection:
         "sock",       #: the client's socket, non-blocking; None once closed
         "n",          #: the next tick's number (/test/ counts its chunks)
         "seen",       #: seq of the newest message written (replay dedupe)
-        "slot",       #: the timer wheel slot it waits in, or None
+        "slot",       #: the timer wheel list it waits in, or None
         "pending",    #: chunks not yet written, or None when the socket keeps up
         "writer",     #: the greenlet draining ``pending`` to a slow reader, or None
         "ended",      #: None while live, else why it ends

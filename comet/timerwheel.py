@@ -4,7 +4,9 @@ A timer per connection (a libev timer and a greenlet waiting on it) costs
 hundreds of bytes each; a hibernated connection costs one list entry here (8
 bytes; a set entry costs ~90 by tracemalloc). Time is cut into slots of
 ``resolution`` seconds; a connection due at time t is listed in slot
-``int(t / resolution)`` and remembers that slot in its ``slot`` attribute.
+``int(t / resolution)`` and remembers that slot's list in its ``slot``
+attribute (the list itself: a slot number would be one more int object, 32
+bytes, per connection).
 One greenlet wakes once a slot, takes every connection due, and calls its
 ``on_timer()``; a connection that wants another turn calls
 :meth:`TimerWheel.schedule` again from there. Cancelling only forgets the
@@ -43,8 +45,11 @@ class TimerWheel:
         """Call ``conn.on_timer()`` in about ``delay`` seconds (replacing any earlier turn)."""
         self.cancel(conn)
         slot = int((self._clock() + delay) / self.resolution) + 1
-        self._slots.setdefault(slot, []).append(conn)
-        conn.slot = slot
+        due = self._slots.get(slot)
+        if due is None:
+            due = self._slots[slot] = []
+        due.append(conn)
+        conn.slot = due
         self._count += 1
         if self._runner is None:
             self._runner = gevent.spawn(self._run)
@@ -59,8 +64,9 @@ class TimerWheel:
             while self._count:
                 now_slot = int(self._clock() / self.resolution)
                 for slot in sorted(s for s in self._slots if s <= now_slot):
-                    for conn in self._slots.pop(slot):
-                        if conn.slot != slot:
+                    due = self._slots.pop(slot)
+                    for conn in due:
+                        if conn.slot is not due:
                             continue  # cancelled, or moved to another slot
                         conn.slot = None
                         self._count -= 1
