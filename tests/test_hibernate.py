@@ -1,5 +1,6 @@
 """Hibernated connections (--hibernate on) against the real server, and the timer wheel alone."""
 
+import json
 import socket
 
 import gevent
@@ -78,14 +79,21 @@ def test_broadcast_to_mixed_transports_arrives_exactly_once():
         events = [open_events(server.port, f"/events/e{i}") for i in range(20)]
         sockets = [websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws/w{i}",
                                                timeout=10) for i in range(10)]
+        polls = [socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                 for _ in range(10)]
+        for i, poll in enumerate(polls):
+            poll.sendall(b"GET /poll/p%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
         for stream in streams:
             stream.next_chunk()
         for stream in events:
             stream.next_event()
-        server.wait_for(lambda s: s["connections"]["total"] == 50, what="all connected")
+        server.wait_for(lambda s: s["connections"]["total"] == 60, what="all connected")
         sent = post(server, "/broadcast", b"once")
         sent_after = post(server, "/broadcast", b"twice")
-        assert sent["delivered"] == 50 and sent_after["delivered"] == 50
+        assert sent["delivered"] == 60 and sent_after["delivered"] == 50  # polls answered
+        for poll in polls:
+            answer = StrictResponse(poll)
+            assert json.loads(answer.next_chunk())["messages"][0]["data"] == "once"
         for stream in streams:
             assert [stream.next_chunk(), stream.next_chunk()] == [b"Recvd msg: once\n",
                                                                    b"Recvd msg: twice\n"]
