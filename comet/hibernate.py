@@ -122,6 +122,8 @@ class SleepingConnection:
             return
         if self.ended is None:
             self.subs.wheel.schedule(self, self._period())
+        elif self.pending is None:  # ended while the headers went out: its ending is written
+            self._finish(self.ended)
 
     def on_timer(self) -> None:
         """A tick or heartbeat is due: check the peer is there, then write it."""

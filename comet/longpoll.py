@@ -68,21 +68,25 @@ class SleepingPoll(SleepingConnection):
         if self.sock is not None and self.ended is None:
             self._answer([], self.position)
 
-    def _answer(self, messages: list, last: str) -> None:
+    def _answer(self, messages: list, last: str, keep_alive: bool = True) -> None:
         self.ended = "answered"
         self.subs.wheel.cancel(self)
         body = transports.poll_answer(messages, last)
         self._write(transports.chunk(body) + transports.LAST_CHUNK)
-        self.subs.close(self)  # logged out now: this poll is done
         if self.pending is None and self.sock is not None:
+            if not keep_alive:
+                self._finish("answered")
+                return
+            self.subs.close(self)  # logged out: this poll is done
             sock, self.sock = self.sock, None
             self.resume(sock)  # next request on this connection, in a new greenlet
-        # else: the writer drains the answer to a slow reader, then closes
+        # else: the write failed (_finish logged it out), or the writer drains the
+        # answer to a slow reader and then _finish closes and logs it out
 
     def end(self, reason: str) -> None:
         """Server shutdown: answer now, empty, so the client polls the next server."""
         if self.ended is None:
-            self._answer([], self.position)
+            self._answer([], self.position, keep_alive=False)
 
 
 class PollResponse:

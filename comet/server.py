@@ -103,6 +103,9 @@ class CometHandler(WebSocketHandler):
         server, address = self.server, self.client_address
 
         def resume(raw: stdlib_socket.socket) -> None:
+            if server.closed:  # stopping: no next request
+                raw.close()
+                return
             server.do_handle(socket.socket(fileno=raw.detach()), address)
 
         result.awake(conn, stdlib_socket.socket(fileno=sock.detach()), resume)

@@ -85,5 +85,8 @@ class Subscriptions:
         conns = list(self.router.all_connections())
         for conn in conns:
             self.router.logout(conn)
-            conn.end(reason)
+            try:
+                conn.end(reason)
+            except Exception:  # one connection's failure must not keep the others open
+                log.exception("ending %r failed", conn)
         return len(conns)

@@ -159,3 +159,21 @@ def test_waiting_poll_sleeps_then_its_connection_serves_the_next_request():
         sock.close()
     finally:
         server.stop()
+
+
+def test_shutdown_while_streams_sleep_ends_each_once():
+    server = hibernating("--interval", "60", "--poll-timeout", "60")
+    try:
+        stream = open_stream(server.port, "/test/s")
+        stream.next_chunk()
+        poll = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        poll.sendall(b"GET /poll/s HTTP/1.1\r\nHost: x\r\n\r\n")
+        server.wait_for(lambda s: s["connections"]["total"] == 2, what="both open")
+        server.proc.send_signal(15)
+        assert stream.chunks_until(lambda c: c.startswith(b"Bye"))[-1].startswith(b"Bye")
+        assert stream.next_chunk() == b""
+        answer = StrictResponse(poll)
+        assert json.loads(answer.next_chunk())["messages"] == []
+        assert server.proc.wait(15) == 0
+    finally:
+        server.stop()
