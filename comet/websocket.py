@@ -201,8 +201,11 @@ class SleepingWebSocket(SleepingConnection):
 
     __slots__ = ("watcher",)  #: libev io watcher on the socket, while asleep
 
-    def awake(self, sock) -> None:
+    def __init__(self, subs: Subscriptions, framing) -> None:
+        super().__init__(subs, framing)
         self.watcher = None
+
+    def awake(self, sock) -> None:
         super().awake(sock)
         if self.sock is not None:
             self.watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
@@ -272,7 +275,7 @@ class SleepingWebSocket(SleepingConnection):
         return discarded
 
     def _finish(self, reason: str) -> None:
-        watcher, self.watcher = getattr(self, "watcher", None), None
+        watcher, self.watcher = self.watcher, None
         if watcher is not None:
             watcher.stop()
             watcher.close()
