@@ -111,6 +111,10 @@ class Router:
                 if conn.ids and conn.ids[0] == id:
                     yield conn
 
+    def compact(self) -> None:
+        """Rebuild the id table at its present size: a dict never shrinks as keys leave."""
+        self._by_id = dict(self._by_id)
+
     @property
     def ids(self) -> int:
         """How many distinct ids have at least one connection."""

@@ -18,6 +18,7 @@ import logging
 from comet.config import Settings
 from comet.framing import SHUTDOWN_REASON
 from comet.history import MemoryHistory, Message, Replay
+from comet.release import MemoryReleaser
 from comet.router import Router
 from comet.stats import Stats
 from comet.timerwheel import TimerWheel
@@ -38,6 +39,9 @@ class Subscriptions:
         #: ticks and heartbeats of hibernated connections
         self.wheel = TimerWheel()
         self.stats = Stats(self.router, self.wheel)
+        #: gives freed memory back once most connections have gone
+        self.releaser = MemoryReleaser(lambda: self.router.connections,
+                                       compact=self.router.compact)
         self.accepting = True
 
     def has_room(self) -> bool:
@@ -53,6 +57,7 @@ class Subscriptions:
             self.router.login(id, conn)
         self.stats.open[conn.transport] += 1
         self.stats.accepted += 1
+        self.releaser.observe(self.router.connections)
         log.debug("login %s on %s", ",".join(ids), conn.transport)
         if not resume:
             return None
@@ -65,6 +70,7 @@ class Subscriptions:
         ids = ",".join(conn.ids)
         self.router.logout(conn)
         self.stats.open[conn.transport] -= 1
+        self.releaser.observe(self.router.connections)
         log.debug("logout %s from %s (%s)", ids, conn.transport, conn.ended or "client gone")
 
     def publish(self, id: str, data: bytes) -> tuple[Message, int]:
