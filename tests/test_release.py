@@ -1,0 +1,29 @@
+"""MemoryReleaser: when a crowd of connections leaves, memory is released once, later."""
+
+import gevent
+
+from comet.release import MemoryReleaser
+
+
+def test_release_runs_once_after_the_count_falls_to_a_quarter_of_its_peak():
+    held = [0]
+    compacted = []
+    releaser = MemoryReleaser(lambda: held[0], min_peak=100, delay=0.01,
+                              compact=lambda: compacted.append(held[0]))
+    for held[0] in range(1, 401):
+        releaser.observe(held[0])
+    for held[0] in range(400, 99, -1):
+        releaser.observe(held[0])
+    assert releaser.releases == 0  # still above a quarter of 400
+    for held[0] in range(99, -1, -1):
+        releaser.observe(held[0])
+    gevent.sleep(0.05)
+    assert releaser.releases == 1 and compacted == [0] and releaser.peak == 0
+
+
+def test_small_crowds_do_not_trigger_a_release():
+    releaser = MemoryReleaser(lambda: 0, min_peak=1000, delay=0.01)
+    for held in [*range(1, 500), *range(500, -1, -1)]:
+        releaser.observe(held)
+    gevent.sleep(0.05)
+    assert releaser.releases == 0
