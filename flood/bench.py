@@ -6,55 +6,33 @@ flood processes (:mod:`flood.procs`), holds them, measures again, broadcasts one
 timestamped message and times its fan-out, then prints a table and writes ``--json``
 and a PNG (:mod:`flood.plot`). Memory figures follow DESIGN.md's method
 (:mod:`flood.memory`). It stops every process it started.
+
+This module owns the order of a run and the command line. The server under test is
+:mod:`flood.target`'s, the sampled series and progress line :mod:`flood.timeline`'s,
+each measurement :mod:`flood.measure`'s, ``--modes`` :mod:`flood.modes`'s and the
+printed table :mod:`flood.benchtable`'s.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import os
-import shlex
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import gevent
-import psutil
-import requests
 
-from flood import benchtable, latency, memory, stats
+from flood import benchtable, measure, memory, modes, stats
 from flood.procs import Children, procs_needed, raise_nofile
 from flood.report import write_json
 from flood.sources import parse_sources, port_warning
+from flood.target import Target
+from flood.timeline import SAMPLE, Timeline
 from flood.transport import TRANSPORTS
 from flood.urls import generate
 from flood.worker import Plan
-
-#: Seconds between samples while ramping and holding (also the flood's snapshot rate).
-SAMPLE = 0.25
-
-
-def _http(method: str, url: str, data: bytes | None = None, timeout: float = 10.0):
-    """A blocking request run in gevent's thread pool so the flood pipes keep draining."""
-    def call():
-        try:
-            return requests.request(method, url, data=data, timeout=timeout)
-        except requests.RequestException as exc:
-            return exc
-    answer = gevent.get_hub().threadpool.apply(call)
-    if isinstance(answer, Exception):
-        raise answer
-    return answer
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Bench:
@@ -62,121 +40,13 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.server: subprocess.Popen | None = None
-        self.server_pids: list[int] = [args.server_pid] if args.server_pid else []
-        self.target = (args.target or "").rstrip("/")
-        self.series: list[dict] = []
+        self.target = Target(args)
+        self.timeline = Timeline(self.target, args.connections)
         self.result: dict = {}
-        self.t0 = time.time()
-        self.progress = sys.stderr.isatty()
         self.client_procs = 0
-        self._cpu_procs: list[psutil.Process] = []
-
-    def log(self, text: str) -> None:
-        sys.stderr.write(("\r\x1b[K" if self.progress else "") + text + "\n")
-        sys.stderr.flush()
-
-    # -- server -------------------------------------------------------------
-
-    def start_server(self, out_dir: str) -> None:
-        port = self.args.port or _free_port()
-        self.target = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "comet.server", "--host", "127.0.0.1", "--port", str(port),
-               "--interval", str(self.args.interval),
-               "--max-connections", str(self.args.connections + 100),
-               *shlex.split(self.args.server_args or "")]
-        self.server_log = os.path.join(out_dir, f"bench-server-{port}.log")
-        with open(self.server_log, "wb") as log:
-            self.server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        self.server_pids = [self.server.pid]
-        self.result["server_command"] = cmd
-        self.wait_healthy()
-
-    def wait_healthy(self) -> None:
-        """Until /health answers 200: a server just started, or one given by --target."""
-        where = f"see {self.server_log}" if self.server else "is it running?"
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.server is not None and self.server.poll() is not None:
-                raise SystemExit(f"bench: the server exited {self.server.returncode}; {where}")
-            try:
-                if _http("GET", self.target + "/health", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            gevent.sleep(0.2)
-        raise SystemExit(f"bench: no /health from {self.target} in 30 s; {where}")
-
-    def stop_server(self) -> None:
-        if self.server is None or self.server.poll() is not None:
-            return
-        self.server.terminate()
-        try:
-            self.server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.server.kill()
-            self.server.wait()
-
-    def server_stats(self) -> dict | None:
-        try:
-            return _http("GET", self.target + "/stats", timeout=10).json()
-        except (requests.RequestException, ValueError):
-            return None
-
-    def wait_idle(self) -> None:
-        """Warm the server up (one request of each kind), then wait for quiet CPU."""
-        self.server_stats()
-        procs = memory.process_tree(self.server_pids)
-        for proc in procs:
-            proc.cpu_percent(interval=None)  # the first call only starts the clock
-        for _ in range(30):
-            gevent.sleep(0.5)
-            if sum(p.cpu_percent(interval=None) for p in procs) < 10:
-                return
-
-    # -- measuring ----------------------------------------------------------
-
-    def measure(self) -> dict:
-        return {"server": memory.process_memory(self.server_pids), "kernel": memory.kernel(),
-                "server_stats": self.server_stats(), "t": round(time.time() - self.t0, 3)}
-
-    def sample(self, children: Children) -> dict:
-        total = stats.sum_snapshots(children.snapshots())
-        row = {"t": round(time.time() - self.t0, 3), "active": total["active"],
-               "closed": total["closed"], "chunks": total["chunks"],
-               "attempted": total["attempted"], "pending": total["pending"],
-               "client_rss_bytes": total["rss_bytes"],
-               "server_rss_bytes": memory.process_memory(self.server_pids, pss=False)["rss_bytes"],
-               "server_cpu_percent": self.server_cpu()}
-        self.series.append(row)
-        return total
-
-    def server_cpu(self) -> float:
-        """CPU % of the server processes since the previous sample (100 = one core)."""
-        if not self._cpu_procs:
-            self._cpu_procs = memory.process_tree(self.server_pids)
-        total = 0.0
-        for proc in self._cpu_procs:
-            try:
-                total += proc.cpu_percent(interval=None)
-            except psutil.NoSuchProcess:
-                pass
-        return total
-
-    def show(self, phase: str, total: dict, rate: float) -> None:
-        text = (f"{phase}: {total['active']}/{self.args.connections} active, "
-                f"{total['closed']} closed, {rate:.0f} conn/s, server RSS "
-                f"{self.series[-1]['server_rss_bytes'] / 1e6:.1f} MB, "
-                f"CPU {self.series[-1]['server_cpu_percent']:.0f}%")
-        if self.progress:
-            sys.stderr.write("\r\x1b[K" + text)
-            sys.stderr.flush()
-        elif int(self.series[-1]["t"] / SAMPLE) % int(1 / SAMPLE) == 0:
-            sys.stderr.write(text + "\n")
-
-    # -- the run ------------------------------------------------------------
 
     def flood(self, url_file: str) -> tuple[Children, dict]:
+        """Start the flood processes and sample until every connection was tried."""
         args = self.args
         nofile = raise_nofile()
         plan = Plan(url_file=url_file, wait_ms=1000.0 / args.rate, start_at=time.time() + 1.0,
@@ -184,7 +54,7 @@ class Bench:
                     concurrency=args.concurrency, emit_every=SAMPLE, closed_lines=5,
                     transport=args.transport, unread=args.unread)
         self.client_procs = args.procs or procs_needed(args.connections, nofile)
-        children = Children(plan, self.client_procs, self.log)
+        children = Children(plan, self.client_procs, self.timeline.log)
         children.start()
         while not children.all_ready():
             gevent.sleep(0.05)
@@ -195,102 +65,26 @@ class Bench:
         last = (time.time(), 0)
         while time.time() < deadline:
             gevent.sleep(SAMPLE)
-            total = self.sample(children)
+            total = self.timeline.sample(children)
             now = time.time()
             rate = (total["connected"] - last[1]) / (now - last[0])
             last = (now, total["connected"])
-            self.show("ramp", total, rate)
+            self.timeline.show("ramp", total, rate)
             if total["attempted"] >= args.connections and total["pending"] == 0:
                 break
         return children, ready
 
     def hold(self, children: Children) -> dict:
+        """Keep sampling for --hold seconds so the server settles before it is measured."""
         end = time.time() + self.args.hold
         while time.time() < end:
             gevent.sleep(SAMPLE)
-            self.show("hold", self.sample(children), 0)
+            self.timeline.show("hold", self.timeline.sample(children), 0)
         return stats.sum_snapshots(children.snapshots())
-
-    def fanout(self, children: Children, expected: int) -> dict:
-        """``--broadcasts`` timed broadcasts, one after another; the median and each."""
-        runs = []
-        for _ in range(self.args.broadcasts):
-            runs.append(self.broadcast(children, expected))
-            gevent.sleep(0.2)
-        merged = latency.merge([s["hist"] for s in children.snapshots()])
-        times = [r["all_received_ms"] for r in runs]
-        done = sorted(t for t in times if t is not None)
-        first = runs[0]
-        return {"answer": first["answer"], "answer_s": first["answer_s"], "expected": expected,
-                "received": first["received"], **latency.describe(merged),
-                "all_received_ms": statistics.median(done) if len(done) == len(runs) else None,
-                "all_received_ms_each": times,
-                "deliveries_per_s": first["deliveries_per_s"],
-                "broadcasts": runs, "buckets": latency.buckets(merged)}
-
-    def broadcast(self, children: Children, expected: int) -> dict:
-        """POST /broadcast with a timestamp; wait until every held stream has it."""
-        before = latency.merge([s["hist"] for s in children.snapshots()])
-        count0 = before.get_total_count()
-        body = latency.stamp("bench broadcast").encode()
-        sent = time.time()
-        try:
-            answer = _http("POST", self.target + "/broadcast", data=body,
-                           timeout=self.args.fanout_timeout).json()
-        except (requests.RequestException, ValueError) as exc:
-            answer = {"error": str(exc)}
-        answered = time.time() - sent
-        deadline = sent + self.args.fanout_timeout
-        while time.time() < deadline:
-            total = self.sample(children)
-            if total["latency"]["count"] - count0 >= min(expected, total["active"]):
-                break  # everyone still connected has it
-            gevent.sleep(0.05)
-        this = latency.since(latency.merge([s["hist"] for s in children.snapshots()]), before)
-        figures = latency.describe(this)
-        span = figures["max_ms"]
-        return {"answer": answer, "answer_s": round(answered, 3), "received": figures["count"],
-                **figures,
-                "all_received_ms": span if figures["count"] >= expected else None,
-                "deliveries_per_s": (round(figures["count"] / (span / 1000), 1)
-                                     if span else None)}
-
-    def fill(self) -> dict:
-        """--unread: send every connection --unread-bytes in 8 KiB broadcasts nobody reads."""
-        size = min(8192, self.args.unread_bytes)
-        sent, answers = 0, []
-        while sent < self.args.unread_bytes:
-            body = latency.stamp("unread " + "x" * size)[:size].encode()
-            answers.append(_http("POST", self.target + "/broadcast", data=body).json())
-            sent += len(body)
-        return {"bytes_per_connection": sent, "broadcasts": len(answers),
-                "delivered": [a.get("delivered") for a in answers]}
-
-    def churn(self, children: Children, before: dict) -> dict:
-        """The clients leave; wait until the server holds nothing, then compare its RSS."""
-        left = time.time()
-        children.stop()
-        children.wait(timeout=30)
-        stats_now = None
-        while time.time() < left + self.args.churn_timeout:
-            stats_now = self.server_stats()
-            if stats_now and stats_now["connections"]["total"] == 0 \
-                    and stats_now.get("timers") == 0:
-                break
-            gevent.sleep(0.25)
-        emptied = time.time() - left
-        self.wait_idle()
-        after = memory.process_memory(self.server_pids)
-        rb = before["server"]["rss_bytes"]
-        return {"empty": bool(stats_now and stats_now["connections"]["total"] == 0
-                              and stats_now.get("timers") == 0),
-                "empty_after_s": round(emptied, 3), "stats": stats_now,
-                "rss_before": rb, "rss_after": after["rss_bytes"],
-                "pss_after": after["pss_bytes"],
-                "rss_percent": round(100.0 * after["rss_bytes"] / rb, 2) if rb else None}
 
     def run(self) -> dict:
         args = self.args
+        target = self.target
         out_dir = os.path.dirname(os.path.abspath(args.plot or args.json or "bench-out/x"))
         os.makedirs(out_dir, exist_ok=True)
         self.result.update(command=["flood.bench", *sys.argv[1:]], transport=args.transport,
@@ -302,67 +96,43 @@ class Bench:
         fd, url_file = tempfile.mkstemp(prefix="bench-urls-", suffix=".txt")
         try:
             if not args.target:
-                self.start_server(out_dir)
-            else:
-                self.wait_healthy()
-            self.result["target"] = self.target
+                self.result["server_command"] = target.start(out_dir)
+            target.wait_healthy()
+            self.result["target"] = target.url
             path = TRANSPORTS[args.transport].path
             with os.fdopen(fd, "w") as fh:
-                fh.writelines(u + "\n" for u in generate(args.connections, self.target,
+                fh.writelines(u + "\n" for u in generate(args.connections, target.url,
                                                           path=path))
-            warning = port_warning({self.target: args.connections},
+            warning = port_warning({target.url: args.connections},
                                    parse_sources(args.source) if args.source else [])
             if warning:
-                self.log(f"bench: {warning}")
-            self.wait_idle()
-            before = self.measure()
+                self.timeline.log(f"bench: {warning}")
+            target.wait_idle()
+            before = measure.snapshot(target, self.timeline)
             children, ready = self.flood(url_file)
             ramp = stats.sum_snapshots(children.snapshots())
             held = self.hold(children)
             if args.unread:
-                self.result["unread"] = self.fill()
+                self.result["unread"] = measure.fill(target, args.unread_bytes)
                 held = self.hold(children)
-            after = self.measure()
-            fan = None if args.unread else self.fanout(children, held["active"])
-            self.result.update(self.figures(before, after, ready, ramp, held, fan))
+            after = measure.snapshot(target, self.timeline)
+            fan = None if args.unread else measure.fanout(
+                target, self.timeline, children, held["active"], args.broadcasts,
+                args.fanout_timeout)
+            self.result.update(measure.figures(before, after, ready, ramp, held, fan,
+                                               target.pids, self.client_procs))
             if args.churn:
-                self.result["churn"] = self.churn(children, before)
+                self.result["churn"] = measure.churn(target, children, before,
+                                                     args.churn_timeout)
                 children = None
         finally:
             if children is not None:
                 children.stop()
                 children.wait(timeout=30)
-            self.stop_server()
+            target.stop()
             os.unlink(url_file)
-        self.result["series"] = self.series
+        self.result["series"] = self.timeline.series
         return self.result
-
-    def figures(self, before: dict, after: dict, ready: dict, ramp: dict, held: dict,
-                fan: dict | None) -> dict:
-        n = held["active"] or 1
-        sb, sa = before["server"], after["server"]
-        kb, ka = before["kernel"], after["kernel"]
-        return {
-            "held": held["active"], "closed": held["closed"], "closed_reasons": held["reasons"],
-            "accept_rate_per_s": stats.accept_rate(ramp),
-            "ramp_s": ramp["last_connect"] - ramp["first_connect"] if ramp["connected"] else None,
-            "server_pids": self.server_pids, "server_processes": sa["processes"],
-            "server_rss_before": sb["rss_bytes"], "server_rss_after": sa["rss_bytes"],
-            "server_kb_per_conn": (sa["rss_bytes"] - sb["rss_bytes"]) / n / 1024,
-            "server_pss_before": sb["pss_bytes"], "server_pss_after": sa["pss_bytes"],
-            "server_pss_kb_per_conn": (sa["pss_bytes"] - sb["pss_bytes"]) / n / 1024,
-            "slab_before": kb["slab_bytes"], "slab_after": ka["slab_bytes"],
-            "slab_kb_per_conn": (ka["slab_bytes"] - kb["slab_bytes"]) / n / 1024,
-            "tcp_mem_pages_before": kb["tcp_mem_pages"], "tcp_mem_pages_after": ka["tcp_mem_pages"],
-            "tcp_mem_kb_per_conn": ((ka["tcp_mem_pages"] or 0) - (kb["tcp_mem_pages"] or 0))
-            * memory.PAGE / n / 1024,
-            "tcp_inuse_before": kb["tcp_inuse"], "tcp_inuse_after": ka["tcp_inuse"],
-            "client_processes": self.client_procs,
-            "client_rss_before": ready["rss_bytes"], "client_rss_after": held["rss_bytes"],
-            "client_kb_per_conn": (held["rss_bytes"] - ready["rss_bytes"]) / n / 1024,
-            "server_stats_after": after["server_stats"],
-            "fanout": fan,
-        }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -443,18 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(benchtable.table(result)))
         held = result["held"]
     else:
-        runs = {}
-        for mode in args.modes:
-            one = copy.copy(args)
-            one.server_args = f"{args.server_args} --hibernate {mode}".strip()
-            if args.plot:
-                root, ext = os.path.splitext(args.plot)
-                one.plot = f"{root}-{mode}{ext}"
-            runs[mode] = run_one(one)
-        print("\n".join(benchtable.side_by_side(runs)))
-        result = {"command": ["flood.bench", *(sys.argv[1:] if argv is None else argv)],
-                  "date": runs[args.modes[0]]["date"], "modes": runs}
-        held = min(r["held"] for r in runs.values())
+        result = modes.compare(args, argv, run_one)
+        held = min(r["held"] for r in result["modes"].values())
     if args.json:
         write_json(args.json, result)
         print(f"json: {args.json}")
