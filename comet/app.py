@@ -29,7 +29,6 @@ from typing import Callable
 
 from comet import transports
 from comet.config import Settings
-from comet.connection import QueuedConnection
 from comet.framing import framing_for
 from comet.inputs import BadRequest, check_id, check_publisher, ids_of, last_event_id, read_body
 from comet.longpoll import PollResponse
@@ -155,11 +154,6 @@ class CometApp:
         # A dropped WebSocket finishes its current frame (bounded by --write-timeout)
         # so that it can send close code 1008; other streams are cut at once.
         return sock if transport in ("test", "events") else None
-
-    def _connection(self, environ: dict, transport: str) -> QueuedConnection:
-        """A new connection record, once the server has room for one."""
-        return QueuedConnection(transport, self.settings.queue_limit,
-                                self._admit(environ, transport))
 
     def _stream(self, environ: dict, respond: StartResponse, path_id: str,
                 transport: str, resume_from: str | None = None) -> Iterable[bytes]:
