@@ -169,13 +169,14 @@ class CometApp:
         return StreamResponse(self.subs, ids, framing, resume_from, resume_from is not None,
                               abort)
 
-    def test_stream(self, environ: dict, respond: StartResponse, path_id: str):
+    def test_stream(self, environ: dict, respond: StartResponse,
+                    path_id: str) -> Iterable[bytes]:
         return self._stream(environ, respond, path_id, "test")
 
-    def events(self, environ: dict, respond: StartResponse, path_id: str):
+    def events(self, environ: dict, respond: StartResponse, path_id: str) -> Iterable[bytes]:
         return self._stream(environ, respond, path_id, "events", last_event_id(environ))
 
-    def poll(self, environ: dict, respond: StartResponse, path_id: str) -> list[bytes]:
+    def poll(self, environ: dict, respond: StartResponse, path_id: str) -> Iterable[bytes]:
         query = environ.get("QUERY_STRING", "")
         ids = ids_of(path_id, query)
         since = last_event_id(environ, header=None, param="since")
@@ -184,14 +185,14 @@ class CometApp:
                            ("Cache-Control", "no-store")])
         return PollResponse(self.subs, ids, since)
 
-    def websocket(self, environ: dict, respond: StartResponse, path_id: str) -> list[bytes]:
+    def websocket(self, environ: dict, respond: StartResponse, path_id: str) -> Iterable[bytes]:
         ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
         ws = environ.get("wsgi.websocket")
         if ws is None:
             raise BadRequest("426 Upgrade Required",
                              "a WebSocket handshake is expected here (and a server that "
                              "speaks it: python -m comet.server, or gunicorn with "
-                             "geventwebsocket.gunicorn.workers.GeventWebSocketWorker)",
+                             "comet.gunicorn.Worker or geventwebsocket's GeventWebSocketWorker)",
                              (("Upgrade", "websocket"),))
         return WebSocketResponse(self.subs, ws, ids, self._admit(environ, "ws"))
 
