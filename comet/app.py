@@ -1,7 +1,7 @@
 """The WSGI application: routes each request to a handler, short enough to read at once.
 
 Plain WSGI, no framework, so it runs under ``python -m comet.server`` and under
-gunicorn alike. Routes (DESIGN.md, "The server's HTTP interface"):
+gunicorn alike. Routes (docs/usage.rst, "HTTP interface"):
 
 ======================  =======================================================
 ``GET /test/<id>``      the seed's chunked stream: welcome, ticks, messages
@@ -15,8 +15,9 @@ gunicorn alike. Routes (DESIGN.md, "The server's HTTP interface"):
 ``GET /``               a page that subscribes with EventSource and sends
 ======================  =======================================================
 
-The router, history and counters live in :class:`Subscriptions`; how each
-transport lives is in streams.py, longpoll.py and websocket.py.
+Shared state (router, broker, counters, admission) is the hub's
+(:mod:`comet.hub`); a subscriber's body and how it lives are
+:mod:`comet.response`'s. docs/design.rst follows one request through them.
 """
 
 from __future__ import annotations
@@ -27,20 +28,20 @@ from collections.abc import Iterable
 from importlib import resources
 from typing import Callable
 
-from comet import transports
 from comet.config import Settings
 from comet.framing import framing_for
+from comet.hub import Hub, Refused
 from comet.inputs import BadRequest, check_id, check_publisher, ids_of, last_event_id, read_body
-from comet.longpoll import PollResponse
+from comet.response import PollResponse, StreamResponse, WebSocketResponse
 from comet.stats import memory_by_line
-from comet.streams import StreamResponse
-from comet.subscriptions import Subscriptions
-from comet.websocket import WebSocketResponse
 
 log = logging.getLogger(__name__)
 
 #: environ keys under which servers expose the client socket (ours, gunicorn's)
 SOCKET_KEYS = ("comet.socket", "gunicorn.socket", "gunicorn.sock")
+
+#: environ key set when a WebSocket upgrade was held back for want of room (answered 503)
+NO_ROOM_KEY = "comet.no_room"
 
 #: transports a page on another origin may use when --allow-origin lets it
 CORS_PREFIXES = ("/events/", "/poll/", "/ws/")
@@ -49,13 +50,11 @@ StartResponse = Callable[..., object]
 
 
 class CometApp:
-    """``application(environ, start_response)`` over one :class:`Subscriptions`."""
+    """``application(environ, start_response)`` over one :class:`~comet.hub.Hub`."""
 
-    def __init__(self, settings: Settings, subs: Subscriptions | None = None) -> None:
+    def __init__(self, settings: Settings, hub: Hub | None = None) -> None:
         self.settings = settings
-        self.subs = subs if subs is not None else Subscriptions(settings)
-        self.router = self.subs.router
-        self.stats = self.subs.stats
+        self.hub = hub if hub is not None else Hub(settings)
         self._allowed_origins = _origins(settings.allow_origin)
         self._routes = {
             "test": (self.test_stream, ("GET", "HEAD")),
@@ -141,13 +140,12 @@ class CometApp:
 
     def _admit(self, environ: dict, transport: str):
         """Room for one more connection? Returns the socket a drop may shut down, if any."""
-        if not self.subs.accepting:
-            raise BadRequest("503 Service Unavailable", "server is shutting down",
-                             (("Connection", "close"),))
-        if not self.subs.has_room():
-            raise BadRequest("503 Service Unavailable",
-                             f"at capacity ({self.settings.max_connections} connections)",
-                             (("Retry-After", "5"), ("Connection", "close")))
+        try:
+            self.hub.admit()
+        except Refused as refused:
+            raise BadRequest("503 Service Unavailable", refused.reason,
+                             (("Retry-After", str(refused.retry_after)),
+                              ("Connection", "close"))) from None
         sock = next((environ[k] for k in SOCKET_KEYS if k in environ), None)
         if sock is not None and transport != "poll":
             sock.settimeout(self.settings.write_timeout)
@@ -164,10 +162,9 @@ class CometApp:
         if environ["REQUEST_METHOD"] == "HEAD":
             respond("200 OK", headers)
             return []
-        abort = self._admit(environ, transport)
+        sock = self._admit(environ, transport)
         respond("200 OK", headers)
-        return StreamResponse(self.subs, ids, framing, resume_from, resume_from is not None,
-                              abort)
+        return StreamResponse(self.hub, framing, ids, resume_from, resume_from is not None, sock)
 
     def test_stream(self, environ: dict, respond: StartResponse,
                     path_id: str) -> Iterable[bytes]:
@@ -177,32 +174,37 @@ class CometApp:
         return self._stream(environ, respond, path_id, "events", last_event_id(environ))
 
     def poll(self, environ: dict, respond: StartResponse, path_id: str) -> Iterable[bytes]:
-        query = environ.get("QUERY_STRING", "")
-        ids = ids_of(path_id, query)
+        ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
         since = last_event_id(environ, header=None, param="since")
+        framing = framing_for("poll", self.settings)
         self._admit(environ, "poll")
-        respond("200 OK", [("Content-Type", transports.POLL_CONTENT_TYPE),
-                           ("Cache-Control", "no-store")])
-        return PollResponse(self.subs, ids, since)
+        respond("200 OK", [("Content-Type", framing.content_type), ("Cache-Control", "no-store")])
+        return PollResponse(self.hub, framing, ids, since)
 
     def websocket(self, environ: dict, respond: StartResponse, path_id: str) -> Iterable[bytes]:
         ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
         ws = environ.get("wsgi.websocket")
+        if ws is None and environ.get(NO_ROOM_KEY):
+            self._admit(environ, "ws")  # refused before the upgrade: 503, counted here once
+            raise BadRequest("503 Service Unavailable", "room came during the handshake; retry",
+                             (("Retry-After", "1"), ("Connection", "close")))
         if ws is None:
             raise BadRequest("426 Upgrade Required",
                              "a WebSocket handshake is expected here (and a server that "
                              "speaks it: python -m comet.server, or gunicorn with "
                              "comet.gunicorn.Worker or geventwebsocket's GeventWebSocketWorker)",
                              (("Upgrade", "websocket"),))
-        return WebSocketResponse(self.subs, ws, ids, self._admit(environ, "ws"))
+        self._admit(environ, "ws")
+        return WebSocketResponse(self.hub, framing_for("ws", self.settings), ids, ws)
 
     def refuses_websocket(self, handler) -> bool:
         """gevent-websocket's ``pre_start_hook``: True answers over plain HTTP, no upgrade.
 
         gevent-websocket completes the handshake before the app runs, so a bad
         id or a full server could only be told with a close frame. Checked
-        here first, such requests reach the app un-upgraded and get their 4xx
-        or 503 like any other request.
+        here first (asking the hub, counting nothing), such requests reach the
+        app un-upgraded and get their 4xx, or the 503 that the app's admission
+        counts, like any other request.
         """
         environ = handler.environ
         if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
@@ -214,11 +216,13 @@ class CometApp:
             ids_of(path_id, environ.get("QUERY_STRING", ""))
         except BadRequest:
             return True
-        return (not self.subs.accepting
-                or self.router.connections >= self.settings.max_connections)
+        if self.hub.room() is None:
+            return False
+        environ[NO_ROOM_KEY] = True
+        return True
 
     def shutdown(self) -> int:
-        return self.subs.shutdown()
+        return self.hub.shutdown()
 
     # -- publishing -----------------------------------------------------------
 
@@ -228,11 +232,11 @@ class CometApp:
 
     def send(self, environ: dict, respond: StartResponse, path_id: str) -> list[bytes]:
         id = check_id(path_id)
-        message, delivered = self.subs.publish(id, self._message(environ))
+        message, delivered = self.hub.publish(id, self._message(environ))
         return self._json(respond, {"id": id, "message": message.id, "delivered": delivered})
 
     def broadcast(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
-        message, delivered = self.subs.broadcast(self._message(environ))
+        message, delivered = self.hub.broadcast(self._message(environ))
         return self._json(respond, {"message": message.id, "delivered": delivered})
 
     # -- pages and introspection ------------------------------------------------
@@ -242,14 +246,14 @@ class CometApp:
         return self._body(respond, "text/html; charset=utf-8", body)
 
     def stats_json(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
-        return self._json(respond, self.stats.snapshot())
+        return self._json(respond, self.hub.snapshot())
 
     def memory_json(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
         check_publisher(environ, self.settings.publish_key)  # loopback or the key: it is costly
         return self._json(respond, memory_by_line())
 
     def health(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
-        if not self.subs.accepting:
+        if not self.hub.accepting:
             return self._plain(respond, "503 Service Unavailable", "shutting down\n")
         return self._plain(respond, "200 OK", "ok\n")
 

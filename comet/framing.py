@@ -1,10 +1,12 @@
 """How each transport frames what it sends, as data: one :class:`Framing` per transport.
 
-The plain life (streams.py) yields ``message(m)``, ``tick(n, id)`` and
-``farewell(reason)`` to the HTTP server, which chunks them; a hibernated
-connection (hibernate.py) writes ``wire(...)`` of them to its socket itself,
-and ``ending(reason)`` when it ends. Framings are built once per server
-(:func:`framing_for` is cached), never per connection.
+Both lives of a connection (docs/design.rst, "Lives") use the same framing:
+the plain life hands ``message(m)``, ``tick(n, id)`` and ``farewell(end)`` to
+the HTTP server, which chunks them, or for a WebSocket writes them itself; the
+sleeping life writes ``wire(...)`` of them to its socket, and ``ending(end)``
+when it ends. Framings are built once per server (:func:`framing_for` is
+cached), never per connection. Pure: bytes from :mod:`comet.wire`, ends from
+:mod:`comet.ends`.
 """
 
 from __future__ import annotations
@@ -13,60 +15,68 @@ import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
-from comet import transports
-
-#: why connections end when the server stops (the /test/ farewell says it)
-SHUTDOWN_REASON = "server shutting down"
+from comet import wire
+from comet.ends import End
 
 
 class Framing(NamedTuple):
-    """How one streaming transport frames what it sends."""
+    """How one transport frames what it sends."""
 
     name: str                                   #: transport name in /stats
     content_type: str
-    opening: Callable[[str], bytes]             #: first chunk, from the first id
-    message: Callable                           #: Message -> bytes
-    tick: Callable[[int, str], bytes]           #: (n, id) -> periodic chunk
-    farewell: Callable[[str], bytes | None]     #: reason -> last chunk, or None
+    opening: Callable[[str], bytes]             #: first body bytes, from the first id
+    message: Callable                           #: Message -> body bytes
+    tick: Callable[[int, str], bytes]           #: (n, id) -> periodic body bytes
+    farewell: Callable[[End], bytes]            #: end -> last body bytes (b"": none)
     missed: Callable[[str, str | None], bytes] | None  #: (position, last id) -> notice
     period: str                                 #: the Settings attribute giving tick seconds
-    wire: Callable[[bytes], bytes]              #: body bytes -> socket bytes (hibernated)
-    ending: Callable[[str], bytes]              #: reason -> the socket bytes that end it
+    wire: Callable[[bytes], bytes]              #: body bytes -> socket bytes (sleeping life)
+    ending: Callable[[End], bytes]              #: end -> the socket bytes that end it
 
 
-def _chunked_ending(farewell: Callable[[str], bytes | None]) -> Callable[[str], bytes]:
-    def ending(reason: str) -> bytes:
-        last = farewell(reason)
-        return (transports.chunk(last) if last else b"") + transports.LAST_CHUNK
+def _no_farewell(end: End) -> bytes:
+    return b""
+
+
+def _test_farewell(end: End) -> bytes:
+    return wire.test_farewell(end.reason) if end.flush else b""
+
+
+def _chunked_ending(farewell: Callable[[End], bytes]) -> Callable[[End], bytes]:
+    def ending(end: End) -> bytes:
+        last = farewell(end)
+        return (wire.chunk(last) if last else b"") + wire.LAST_CHUNK
     return ending
 
 
-def _ws_ending(reason: str) -> bytes:
-    return transports.ws_close(1001 if reason == SHUTDOWN_REASON else 1000, reason)
+def _ws_farewell(end: End) -> bytes:
+    """A close frame with the end's code; none when the client closed or is gone."""
+    return wire.ws_close(end.code, end.reason) if end.code is not None else b""
+
+
+def _identity(data: bytes) -> bytes:
+    return data
 
 
 @functools.cache
 def framing_for(name: str, settings) -> Framing:
     """The framing of transport ``name`` ("test", "events", "poll", "ws") for these settings."""
     if name == "test":
-        return Framing("test", transports.TEST_CONTENT_TYPE, transports.test_welcome,
-                       transports.test_message, transports.test_tick,
-                       transports.test_farewell, None, "interval", transports.chunk,
-                       _chunked_ending(transports.test_farewell))
+        return Framing("test", wire.TEST_CONTENT_TYPE, wire.test_welcome, wire.test_message,
+                       wire.test_tick, _test_farewell, None, "interval", wire.chunk,
+                       _chunked_ending(_test_farewell))
     if name == "events":
-        retry = transports.sse_retry(settings.sse_retry)
-        no_farewell = lambda reason: None  # noqa: E731 - SSE just ends
-        return Framing("events", transports.SSE_CONTENT_TYPE, lambda id: retry,
-                       lambda m: transports.sse_event(m.data, id=m.id),
-                       lambda n, id: transports.SSE_HEARTBEAT, no_farewell,
-                       transports.sse_missed, "heartbeat", transports.chunk,
-                       _chunked_ending(no_farewell))
-    if name == "poll":  # a hibernated poll's wait: its answer is written by longpoll.py
-        return Framing("poll", transports.POLL_CONTENT_TYPE, lambda id: b"", lambda m: b"",
-                       lambda n, id: b"", lambda reason: None, None, "poll_timeout",
-                       transports.chunk, _chunked_ending(lambda reason: None))
+        retry = wire.sse_retry(settings.sse_retry)
+        return Framing("events", wire.SSE_CONTENT_TYPE, lambda id: retry,
+                       lambda m: wire.sse_event(m.data, id=m.id),
+                       lambda n, id: wire.SSE_HEARTBEAT, _no_farewell, wire.sse_missed,
+                       "heartbeat", wire.chunk, _chunked_ending(_no_farewell))
+    if name == "poll":  # a waiting poll sends nothing until its answer (lives' poll code)
+        return Framing("poll", wire.POLL_CONTENT_TYPE, lambda id: b"", lambda m: b"",
+                       lambda n, id: b"", _no_farewell, None, "poll_timeout", wire.chunk,
+                       _chunked_ending(_no_farewell))
     if name == "ws":
-        return Framing("ws", "", lambda id: b"", lambda m: transports.ws_text(m.data),
-                       lambda n, id: transports.WS_PING_FRAME, lambda reason: None, None,
-                       "heartbeat", bytes, _ws_ending)
+        return Framing("ws", "", lambda id: b"", lambda m: wire.ws_text(m.data),
+                       lambda n, id: wire.WS_PING_FRAME, _ws_farewell, None, "heartbeat",
+                       _identity, _ws_farewell)
     raise ValueError(name)

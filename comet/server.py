@@ -23,10 +23,8 @@ from geventwebsocket.handler import WebSocketHandler
 
 from comet import config
 from comet.app import CometApp
-from comet.longpoll import PollResponse
-from comet.streams import StreamResponse
+from comet.ends import CLIENT_GONE
 from comet.tune import startup_problems
-from comet.websocket import WebSocketResponse
 
 log = logging.getLogger("comet.server")
 
@@ -63,69 +61,66 @@ class CometHandler(WebSocketHandler):
         return environ
 
     def process_result(self) -> None:
-        """The seam where a stream leaves pywsgi's request loop (``--hibernate on``).
+        """The seam where a connection leaves pywsgi's request loop (``--hibernate on``).
 
-        The stream's first bytes go out through pywsgi (status, headers,
-        chunked framing); then the socket is handed to the connection record
+        A response that can sleep (:mod:`comet.response`) logs in a record
+        and gives its first bytes; they go out through pywsgi (status,
+        headers, chunked framing); then the socket is handed to the record
         and pywsgi lets go of it, so this greenlet, the environ, the parsed
-        headers and the read buffer all end here. HTTP/1.0 clients, which
-        cannot take chunks, keep the plain life.
+        headers and the read buffer all end here. A response answered at
+        once (a long-poll with history) is written as any other, and
+        keep-alive goes on in this greenlet. HTTP/1.0 clients, which cannot
+        take chunks, keep the plain life.
         """
-        result = self.result
-        if not (self.hibernate and isinstance(result, (StreamResponse, PollResponse))
-                and self.request_version == "HTTP/1.1"):
+        if not (self.hibernate and self.request_version == "HTTP/1.1"
+                and hasattr(self.result, "hibernate")):
             super().process_result()
             return
-        if isinstance(result, PollResponse):
-            self._hibernate_poll(result)
+        conn, first = self.result.hibernate()
+        if conn is None:
+            self.result = [first]
+            super().process_result()
             return
-        conn, first = result.hibernate()
         try:
-            self.write(first)
+            if first or not self.headers_sent:
+                self.write(first)
         except OSError:
-            conn.drop("client gone before the first chunk")
+            conn.finish(CLIENT_GONE)
             raise
+        self._hand_over(conn)
+
+    def run_websocket(self) -> None:
+        """The same seam for an upgraded /ws/ request; its handshake is already written.
+
+        gevent-websocket would iterate the app's answer and park this greenlet
+        in it; a response that can sleep is instead handed the socket.
+        """
+        result = self.application(self.environ, lambda *args: None)
+        if not (self.hibernate and hasattr(result, "hibernate")):
+            self._iterate_websocket(result)
+            return
+        conn, _ = result.hibernate()
+        self.websocket.closed = True  # gevent-websocket must not close it: it is the conn's
+        self.websocket = None
+        self.environ["wsgi.websocket"] = None
+        self._hand_over(conn)
+
+    def _hand_over(self, conn) -> None:
+        """Give the socket to ``conn`` for good; it may hand it back for the next request."""
         self.close_connection = True
         # The connection owns the descriptor now: detached, neither pywsgi nor
         # the server's close-when-done closes it, and gevent's watchers go.
         sock, self.socket = self.socket, None
-        conn.awake(stdlib_socket.socket(fileno=sock.detach()))
-
-    def _hibernate_poll(self, result: PollResponse) -> None:
-        """A long-poll with an answer now is written as usual; one that must wait sleeps."""
-        conn, now = result.hibernate()
-        self.write(now)
-        if conn is None:
-            self._sendall(b"0\r\n\r\n")  # keep-alive goes on in this greenlet
-            return
-        self.close_connection = True
-        sock, self.socket = self.socket, None
         server, address = self.server, self.client_address
 
         def resume(raw: stdlib_socket.socket) -> None:
+            """A long-poll answered: the client's next request, in a new greenlet."""
             if server.closed:  # stopping: no next request
                 raw.close()
                 return
             server.do_handle(socket.socket(fileno=raw.detach()), address)
 
-        result.awake(conn, stdlib_socket.socket(fileno=sock.detach()), resume)
-
-    def run_websocket(self) -> None:
-        """The same seam for an upgraded /ws/ request: hibernate its connection.
-
-        gevent-websocket would iterate the app's answer and park this greenlet
-        in it; a :class:`WebSocketResponse` is instead given the socket.
-        """
-        result = self.application(self.environ, lambda *args: None)
-        if not (self.hibernate and isinstance(result, WebSocketResponse)):
-            self._iterate_websocket(result)
-            return
-        conn = result.hibernate()
-        self.websocket.closed = True  # gevent-websocket must not close it: it is the conn's
-        self.websocket = None
-        self.environ["wsgi.websocket"] = None
-        sock, self.socket = self.socket, None
-        conn.awake(stdlib_socket.socket(fileno=sock.detach()))
+        conn.wake(stdlib_socket.socket(fileno=sock.detach()), resume)
 
     def _iterate_websocket(self, result) -> None:
         try:
@@ -160,6 +155,9 @@ class CometHandler(WebSocketHandler):
             # A write blocked past --write-timeout, or a body slower than --read-timeout.
             log.info("closing %s: %s timed out", self._client(),
                      getattr(self, "requestline", "request"))
+            timed_out = getattr(self.result, "write_timed_out", None)
+            if timed_out is not None:
+                timed_out()
             self.close_connection = True
             return
         super().handle_error(t, v, tb)
@@ -215,7 +213,7 @@ def serve(settings: config.Settings) -> int:
     app = CometApp(settings)
     server = make_server(settings, app)
     server.start()
-    app.stats.reset_baseline()
+    app.hub.counters.reset_baseline()
     host, port = server.address[:2]
     log.info("serving on http://%s:%d/ (pid %d)", host, port, os.getpid())
     stopping = gevent.event.Event()

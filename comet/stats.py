@@ -1,7 +1,9 @@
-"""What ``GET /stats`` serves: the router's counters, connections by transport, memory.
+"""What ``GET /stats`` serves: the hub's counters, connections by transport, memory.
 
-Memory comes from psutil: RSS now, RSS when the server became ready (the
-baseline), and their difference per held connection, the seed's figure of merit.
+:class:`Counters` has one writer, the hub (:mod:`comet.hub`); everything else
+reads them through ``/stats``. Memory comes from psutil: RSS now, RSS when the
+server became ready (the baseline), and their difference per held connection,
+the seed's figure of merit.
 """
 
 from __future__ import annotations
@@ -13,24 +15,36 @@ from collections import Counter
 
 import psutil
 
-from comet.router import Router
+from comet.ends import SLOW_CONSUMER
 
 
-class Stats:
-    """Counters the app keeps beside the router's, and the /stats snapshot."""
+class Counters:
+    """Every count ``/stats`` shows; written by the hub alone."""
 
-    def __init__(self, router: Router, wheel=None) -> None:
-        self.router = router
-        #: the timer wheel of hibernated connections (its size is in /stats)
-        self.wheel = wheel
+    def __init__(self) -> None:
         self.started = time.time()
         self._process = psutil.Process()
         self.baseline_rss = self.rss()
-        #: streaming connections open now, by transport ("test", ...)
+        #: connections open now, by transport ("test", "events", "poll", "ws")
         self.open: Counter = Counter()
-        #: streaming connections ever accepted / refused at --max-connections
+        #: connections admitted / refused (at --max-connections, or shutting down)
         self.accepted = 0
         self.refused = 0
+        #: messages published here (send and broadcast)
+        self.messages_in = 0
+        #: deliveries made by this process (one message to three connections: three)
+        self.messages_out = 0
+        #: messages lost with dropped connections: the one refused and those queued
+        self.messages_dropped = 0
+        #: connections the hub gave up on, by End.reason ("slow consumer", "write timed out")
+        self.drops: Counter = Counter()
+        #: connections closed, by End.reason ("client gone", "server shutting down", ...)
+        self.ends: Counter = Counter()
+
+    @property
+    def held(self) -> int:
+        """Connections open now, whatever their transport."""
+        return sum(self.open.values())
 
     def rss(self) -> int:
         return self._process.memory_info().rss
@@ -39,24 +53,22 @@ class Stats:
         """Call once the server is warmed up and idle, before clients come."""
         self.baseline_rss = self.rss()
 
-    def snapshot(self) -> dict:
+    def snapshot(self, ids: int, timers: int) -> dict:
         rss = self.rss()
-        held = sum(self.open.values())
-        by_transport = {name: count for name, count in sorted(self.open.items())}
+        held = self.held
         return {
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 3),
-            "connections": {"total": held, **by_transport},
+            "connections": {"total": held, **dict(sorted(self.open.items()))},
             "accepted": self.accepted,
             "refused": self.refused,
-            "ids": self.router.ids,
-            "messages": {
-                "in": self.router.messages_in,
-                "out": self.router.messages_out,
-                "dropped": self.router.messages_dropped,
-            },
-            "slow_consumers": self.router.slow_consumers,
-            "timers": len(self.wheel) if self.wheel is not None else 0,
+            "ids": ids,
+            "messages": {"in": self.messages_in, "out": self.messages_out,
+                         "dropped": self.messages_dropped},
+            "slow_consumers": self.drops[SLOW_CONSUMER.reason],
+            "drops": dict(sorted(self.drops.items())),
+            "ends": dict(sorted(self.ends.items())),
+            "timers": timers,
             "rss_bytes": rss,
             "rss_baseline_bytes": self.baseline_rss,
             "rss_per_connection": round((rss - self.baseline_rss) / held) if held else None,

@@ -1,6 +1,7 @@
 """The in-memory history alone: ids, epochs, bounds, and what a resuming client gets."""
 
-from comet.history import MemoryHistory, parse_position
+from comet.broker import parse_position
+from comet.broker.memory import BROADCAST, MemoryHistory
 
 
 class Clock:
@@ -33,7 +34,7 @@ def test_since_replays_only_later_messages_of_these_ids_and_broadcasts():
     start = history.position()
     history.publish("a", b"a1")
     history.publish("b", b"b1")
-    history.publish_all(b"all")
+    history.publish(BROADCAST, b"all")
     history.publish("a", b"a2")
     replay = history.since(["a"], start)
     assert [m.data for m in replay.messages] == [b"a1", b"all", b"a2"] and not replay.missed

@@ -1,19 +1,24 @@
-"""Message ids and a bounded history, so a client that reconnects gets what it missed.
+"""The in-process broker: one process, its history in memory (the default).
 
-Every accepted message gets an id ``<epoch>-<seq>``: ``seq`` counts up across
-all messages of this history (so it is ordered per user id, and a connection
-logged in as several ids can merge them), and ``epoch`` is drawn when the
-history is created, as Centrifugo does: after a restart the epoch differs, so
-an id from before is recognised as such and never mistaken for a new one.
+:class:`MemoryBroker` assigns ids and keeps history with :class:`MemoryHistory`
+and delivers each publish to this process at once, in the publisher's own
+greenlet turn; so a login and its replay, which the hub also does in one turn,
+see every message exactly once: in the replay or in the queue, never both.
 
-Callers use only :class:`History`'s methods (``publish``, ``publish_all``,
-``since``, ``position``), never its containers: a Redis-backed history is to
-replace this in-memory one when several processes serve.
+Every id counts as subscribed here (there is no other process to send it to),
+so :meth:`MemoryBroker.subscribe` keeps nothing: the hub's router finds
+whether a connection holds the id, and an id with none costs nothing.
 
-Bounds: at most ``per_id`` messages per id, none older than ``ttl`` seconds,
-and at most ``max_bytes`` of message data in all. One global deque in seq
-order finds the oldest message at once for all three. An id with no history
-and no connection costs nothing: its entry goes with its last message.
+History (:class:`MemoryHistory`): every accepted message gets an id
+``<epoch>-<seq>``: ``seq`` counts up across all messages of this history (so
+it is ordered per user id, and a connection logged in as several ids can merge
+them), and ``epoch`` is drawn when the history is created, as Centrifugo does:
+after a restart the epoch differs, so an id from before is recognised as such
+and never mistaken for a new one. Bounds: at most ``per_id`` messages per id,
+none older than ``ttl`` seconds, and at most ``max_bytes`` of message data in
+all. One global deque in seq order finds the oldest message at once for all
+three. An id with no history and no connection costs nothing: its entry goes
+with its last message.
 """
 
 from __future__ import annotations
@@ -21,45 +26,48 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from typing import NamedTuple
+from collections.abc import Sequence
+
+from comet.broker import Deliver, Message, Replay, parse_position
 
 #: the "user id" under which broadcasts are kept
 BROADCAST = "*"
 
 
-class Message:
-    """One accepted message: its id (``<epoch>-<seq>``), its bytes, and ``seq`` to order it."""
+class MemoryBroker:
+    """The in-process :class:`~comet.broker.Broker`: history in memory, delivery at once."""
 
-    __slots__ = ("id", "data", "seq", "frames")
+    spans_processes = False
 
-    def __init__(self, epoch: str, seq: int, data: bytes) -> None:
-        self.id = f"{epoch}-{seq}"
-        self.data = data
-        self.seq = seq
-        #: bytes on the wire by transport, framed once per fan-out (see hibernate.py)
-        self.frames: dict | None = None
+    def __init__(self, history: MemoryHistory | None = None) -> None:
+        self.history = history if history is not None else MemoryHistory()
+        self._deliver: Deliver | None = None
 
-    def __repr__(self) -> str:
-        return f"Message({self.id!r}, {self.data[:40]!r})"
+    def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
 
+    def subscribe(self, ids: Sequence[str]) -> None:
+        """Nothing to do: in one process every id is delivered here."""
 
-class Replay(NamedTuple):
-    """What a reconnecting client gets: the messages after its id, and whether some are lost."""
+    def unsubscribe(self, ids: Sequence[str]) -> None:
+        """Nothing to do, as for :meth:`subscribe`."""
 
-    messages: list[Message]
-    missed: bool
-    #: the id the replay starts after: where a client that got none of it resumes
-    start: str
+    def publish(self, id: str, data: bytes) -> tuple[Message, int]:
+        message = self.history.publish(id, data)
+        return message, self._deliver(id, message)
 
+    def broadcast(self, data: bytes) -> tuple[Message, int]:
+        message = self.history.publish(BROADCAST, data)
+        return message, self._deliver(None, message)
 
-def parse_position(text: str | None, epoch: str) -> int | None:
-    """The seq of ``text`` if it is an id of this epoch; None for another epoch or garbage."""
-    if not text:
-        return None
-    head, _, tail = text.strip().rpartition("-")
-    if head != epoch or not tail.isdigit():
-        return None
-    return int(tail)
+    def replay(self, ids: Sequence[str], last: str | None) -> Replay:
+        return self.history.since(ids, last)
+
+    def position(self) -> str:
+        return self.history.position()
+
+    def close(self) -> None:
+        self._deliver = None
 
 
 class MemoryHistory:
@@ -104,10 +112,6 @@ class MemoryHistory:
         self.expire()
         return message
 
-    def publish_all(self, data: bytes) -> Message:
-        """A broadcast: kept once, replayed to every id."""
-        return self.publish(BROADCAST, data)
-
     def expire(self) -> None:
         """Drop messages past the ttl or the byte budget, oldest first."""
         now = self._clock()
@@ -145,7 +149,7 @@ class MemoryHistory:
         """The id a client that has seen everything so far would hold."""
         return f"{self.epoch}-{self._seq}"
 
-    def since(self, ids: list[str] | tuple[str, ...], last: str | None) -> Replay:
+    def since(self, ids: Sequence[str], last: str | None) -> Replay:
         """Messages for ``ids`` (and broadcasts) after ``last``, oldest first.
 
         ``missed`` is true when ``last`` is of another epoch (the server

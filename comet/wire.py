@@ -1,8 +1,10 @@
-"""How a message becomes bytes on the wire, one pure function per frame.
+"""The wire: how a message becomes bytes, one pure function per frame.
 
-Nothing here touches a socket or knows about routing: each function takes a
-message (bytes) or a count and returns the bytes a transport sends, so framing
-is tested without a server (the h11 way).
+Nothing here touches a socket, knows about routing or imports anything of
+comet's: each function takes a message (anything with ``id`` and ``data``),
+a count or an :class:`~comet.ends.End`'s fields and returns the bytes a
+transport sends, so framing is tested without a server (the h11 way). The
+WebSocket frames a client sends are read by :mod:`comet.wsreader`, as pure.
 
 ``/test/`` (the seed's chunked stream) sends lines and SSE sends events; the
 HTTP server wraps each in a chunk of its own. Long-poll answers one JSON
@@ -14,8 +16,6 @@ from __future__ import annotations
 import json
 import re
 import struct
-
-from geventwebsocket.websocket import Header
 
 #: The zero-length chunk that ends a chunked body (RFC 9112, 7.1).
 LAST_CHUNK = b"0\r\n\r\n"
@@ -108,9 +108,20 @@ def text_of(data: bytes) -> str:
 WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
+#: the FIN bit of a frame's first byte: the last (here: only) frame of a message
+WS_FIN = 0x80
+
+
 def ws_frame(opcode: int, payload: bytes) -> bytes:
-    """One final, unmasked frame (the header from gevent-websocket's encoder)."""
-    return bytes(Header.encode_header(True, opcode, b"", len(payload), 0)) + payload
+    """One final, unmasked frame: servers never mask (RFC 6455, 5.1 and 5.2)."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", WS_FIN | opcode, n)
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", WS_FIN | opcode, 126, n)
+    else:
+        head = struct.pack("!BBQ", WS_FIN | opcode, 127, n)
+    return head + payload
 
 
 def ws_text(data: bytes) -> bytes:
@@ -118,9 +129,25 @@ def ws_text(data: bytes) -> bytes:
     return ws_frame(WS_TEXT, text_of(data).encode())
 
 
+#: close codes (RFC 6455, 7.4.1) that the wire itself needs; the others are ends' (comet/ends.py)
+WS_CLOSE_NORMAL = 1000
+WS_CLOSE_PROTOCOL_ERROR = 1002
+
+
 def ws_close(code: int, reason: str = "") -> bytes:
     """A close frame: the status code, then at most 120 bytes of reason (RFC 6455, 5.5.1)."""
     return ws_frame(WS_CLOSE, struct.pack("!H", code) + reason.encode()[:120])
+
+
+def ws_close_reply(code: int | None) -> bytes:
+    """The answer to a client's close frame: its code echoed, or 1000 when it gave none.
+
+    A code outside what a peer may send (RFC 6455, 7.4.2) is answered with 1002.
+    """
+    if code is None:
+        return ws_close(WS_CLOSE_NORMAL)
+    return ws_close(code if 1000 <= code < 5000 and code not in (1004, 1005, 1006, 1015)
+                    else WS_CLOSE_PROTOCOL_ERROR)
 
 
 #: the heartbeat of a WebSocket: clients answer it with a pong
