@@ -6,7 +6,7 @@ short, and a traceback in the log); it answers HTTP/1.0 with "402 Bad
 Request"; and a key that is not base64 raises ``binascii.Error``, which it
 does not catch. So :func:`problem` checks what RFC 6455 4.2.1 asks of a
 client's handshake, as a pure function of the WSGI environ, and
-:func:`upgrade` answers a bad one through pywsgi, in bytes. A handshake that
+:func:`checked_upgrade` answers a bad one through pywsgi, in bytes. A handshake that
 passes is one that gevent-websocket accepts, so its refusals are never reached.
 
 The answers: 400 for a malformed handshake (a field missing, empty, or not of
@@ -82,7 +82,8 @@ def problem(environ: Mapping[str, str]) -> BadRequest | None:
     return _version_problem(environ.get("HTTP_SEC_WEBSOCKET_VERSION"))
 
 
-def upgrade(handler: WebSocketHandler, upgrade_websocket: Callable[[], object]) -> object:
+def checked_upgrade(handler: WebSocketHandler,
+                    upgrade_websocket: Callable[[], list | None]) -> list | None:
     """``CometHandler.upgrade_websocket``: refuse a bad handshake, else gevent-websocket's.
 
     ``upgrade_websocket`` is gevent-websocket's own method, called only for a
