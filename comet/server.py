@@ -24,6 +24,7 @@ from geventwebsocket.handler import WebSocketHandler
 from comet import config
 from comet.app import CometApp
 from comet.ends import CLIENT_GONE
+from comet.handshake import checked_upgrade
 from comet.tune import startup_problems
 
 log = logging.getLogger("comet.server")
@@ -145,6 +146,9 @@ class CometHandler(WebSocketHandler):
             # e.g. a header line without a colon: pywsgi would drop the rest silently
             raise ValueError(f"malformed header block: {type(defects[0]).__name__}")
         return ok
+
+    def upgrade_websocket(self) -> list | None:
+        return checked_upgrade(self, super().upgrade_websocket)  # a bad one: 400/426, not 500
 
     def _handle_client_error(self, ex: Exception):
         log.info("400 from %s: %s", self._client(), ex)
