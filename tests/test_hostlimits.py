@@ -174,6 +174,15 @@ def test_hostlimits_imports_nothing_else_of_comet():
     assert comet_modules_after("import comet.hostlimits") == ["comet", "comet.hostlimits"]
 
 
+def test_flood_imports_only_hostlimits_of_comet():
+    loaded = comet_modules_after("""
+import importlib, pkgutil, flood
+for module in pkgutil.iter_modules(flood.__path__):
+    importlib.import_module(f"flood.{module.name}")
+""")
+    assert loaded == ["comet", "comet.hostlimits"]
+
+
 def test_the_server_imports_neither_tune_nor_capacity():
     loaded = comet_modules_after("import comet.server")
     assert "comet.hostlimits" in loaded
