@@ -204,7 +204,9 @@ def open_files_checks(per_process: int, connections: int) -> list[Check]:
         return checks
     procs = processes_needed(connections, hard)
     instead = (f"instead run {procs} processes of <= {connections_per_process(hard):,} "
-               f"connections each (--workers {procs}, with --redis); check with --workers {procs}")
+               f"connections each (--workers {procs} checks that), independent servers each "
+               "serving its own ids: until the broker exists a message reaches only the "
+               "clients of the server it is posted to")
     if can_raise_hard_limits():
         checks.append(Check("RLIMIT_NOFILE hard", str(hard), shown, "CHANGE",
                             "raise in conf/limits.conf or LimitNOFILE (<= fs.nr_open); or "

@@ -158,7 +158,8 @@ def test_startup_problems_names_open_files_limits_and_the_way_out(tmp_path):
                     "per-process open files: ulimit -n 4096, LimitNOFILE in conf/comet.service, "
                     "or conf/limits.conf")
     assert hard.startswith("RLIMIT_NOFILE hard = 4096, needs >= 6000 for --max-connections 5000")
-    assert "run 2 processes of <= 3,096 connections each (--workers 2" in hard
+    assert "run 2 processes of <= 3,096 connections each (--workers 2 checks that)" in hard
+    assert "until the broker exists" in hard and "--redis" not in hard
 
 
 # -- who imports whom -------------------------------------------------------------------------
