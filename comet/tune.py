@@ -70,7 +70,7 @@ class Rule:
 def _elementwise(pick: Callable[[int, int], int]) -> Rule:
     """A rule on space-separated numbers; ``*`` in the needed value accepts anything there."""
     def merge(current: str, needed: str) -> str:
-        pairs = zip(_numbers(current), _numbers(needed))
+        pairs = zip(_numbers(current), _numbers(needed), strict=False)
         return " ".join(str(c if n is None else pick(c, n)) for c, n in pairs)
     return Rule(">=" if pick is max else "<=", merge)
 
@@ -186,7 +186,7 @@ def print_table(rows: list[Check], out: TextIO) -> None:
               for f in ("setting", "current", "needed")]
     for row in [head, *rows]:
         cells = (row.setting, row.current, row.needed)
-        line = "  ".join(c.ljust(w) for c, w in zip(cells, widths))
+        line = "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
         print(line + "  " + row.verdict, file=out)
         if row.advice and row.verdict != "ok":
             print(f"    -> {row.advice}", file=out)
