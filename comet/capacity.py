@@ -2,9 +2,11 @@
 
 This module owns the per-connection figures and the arithmetic on them; it reads
 nothing from the host (``comet.tune`` passes the host's limits in) and knows nothing of
-sysctl files. The figures are measured, never guessed: either a benchmark's JSON
-(``python -m flood.bench --json``, loaded by :func:`load_figures`) or
-:data:`DEFAULT_FIGURES`, which ``docs/tuning.rst`` traces to the measurements behind them.
+sysctl files. Processes per open-files limit and source addresses per port range are
+:mod:`comet.hostlimits`' arithmetic, shared with the server and the flood. The figures
+are measured, never guessed: either a benchmark's JSON (``python -m flood.bench
+--json``, loaded by :func:`load_figures`) or :data:`DEFAULT_FIGURES`, which
+``docs/tuning.rst`` traces to the measurements behind them.
 
 Theory: an idle connection costs server userland memory (its greenlet, socket object and
 stream state) plus kernel slab for each TCP socket (tcp sock, inode, file, dentry, epoll
@@ -19,8 +21,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: Files a server process needs besides its connections: listeners, epoll, logs, pipes, Redis.
-FD_MARGIN = 1000
+from comet.hostlimits import (
+    FLOOD_FD_MARGIN,
+    SERVER_FD_MARGIN,
+    ports_per_source,
+    processes_needed,
+    source_addresses_needed,
+)
 
 KIB_PER_GIB = 1024 * 1024
 
@@ -123,18 +130,6 @@ def memory_needed_kib(figures: Figures, connections: int, loopback: bool) -> int
     return math.ceil(server + kernel)
 
 
-def processes_needed(connections: int, nofile_hard: int) -> int:
-    """Processes the per-process open-files limit implies: each holds hard - margin sockets."""
-    per_process = max(nofile_hard - FD_MARGIN, 1)
-    return max(math.ceil(connections / per_process), 1)
-
-
-def source_addresses_needed(connections: int, port_range: tuple[int, int]) -> int:
-    """Client addresses a flood needs: each gives one connection per ephemeral port."""
-    width = max(port_range[1] - port_range[0] + 1, 1)
-    return max(math.ceil(connections / width), 1)
-
-
 def gib(kib: float) -> str:
     return f"{kib / KIB_PER_GIB:.2f} GiB"
 
@@ -162,11 +157,12 @@ def plan_lines(figures: Figures, connections: int, *, loopback: bool, nofile_har
                  f"{gib(n * wmem_initial / 1024)}, capped by tcp_mem")
     procs = processes_needed(n, nofile_hard)
     lines.append(f"  server processes        {procs} (open files per process: {nofile_hard:,} "
-                 f"hard, {FD_MARGIN:,} kept for the process itself)"
-                 + ("; more than one needs the Redis backplane" if procs > 1 else ""))
-    width = port_range[1] - port_range[0] + 1
+                 f"hard, {SERVER_FD_MARGIN:,} kept for the process itself)"
+                 + ("; more than one: independent servers, each with its own ids, until the "
+                    "broker exists" if procs > 1 else ""))
     lines.append(f"  flood source addresses  {source_addresses_needed(n, port_range)} in "
-                 f"127.0.0.0/8 or on the client's NICs ({width:,} ephemeral ports each, "
-                 f"ip_local_port_range {port_range[0]} {port_range[1]}); flood processes: "
-                 f"{processes_needed(n, nofile_hard)}")
+                 f"127.0.0.0/8 or on the client's NICs ({ports_per_source(port_range):,} "
+                 f"ephemeral ports each, ip_local_port_range {port_range[0]} {port_range[1]}); "
+                 f"flood processes: {processes_needed(n, nofile_hard, FLOOD_FD_MARGIN)} "
+                 f"({FLOOD_FD_MARGIN} files kept each)")
     return lines

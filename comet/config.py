@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 ENV_PREFIX = "COMET_"
 
@@ -197,8 +198,9 @@ def options_table() -> str:
               for i in range(4)]
     rule = "  ".join("=" * w for w in widths)
     head = "  ".join(h.ljust(w) for h, w in zip(("flag", "environment", "default", "meaning"),
-                                               widths))
-    body = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+                                               widths, strict=True))
+    body = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in rows]
     return "\n".join([rule, head.rstrip(), rule, *body, rule])
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import signal
 import socket as stdlib_socket
 import sys
@@ -25,13 +24,9 @@ from comet import config
 from comet.app import CometApp
 from comet.ends import CLIENT_GONE
 from comet.handshake import checked_upgrade
-from comet.tune import startup_problems
+from comet.hostlimits import connections_per_process, raise_open_files_limit, startup_problems
 
 log = logging.getLogger("comet.server")
-
-#: descriptors kept back from the open-files limit for the listener, logs and
-#: short requests (publishing, /stats) beside the streams
-FD_MARGIN = 100
 
 
 class CometHandler(WebSocketHandler):
@@ -175,20 +170,6 @@ class CometHandler(WebSocketHandler):
             log.debug("%s", self.format_request())
 
 
-def raise_open_files_limit() -> int:
-    """Raise RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-files limit from %d to %d: %s",
-                        soft, target, exc)
-    return soft
-
-
 def make_server(settings: config.Settings, app: CometApp) -> pywsgi.WSGIServer:
     listener = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -209,7 +190,7 @@ def serve(settings: config.Settings) -> int:
     if settings.tracemalloc:
         tracemalloc.start(settings.tracemalloc)
     limit = raise_open_files_limit()
-    streams = max(0, limit - FD_MARGIN)
+    streams = connections_per_process(limit)
     log.info("open-files limit %d: room for about %d connections in this process",
              limit, streams)
     for problem in startup_problems(settings.max_connections, settings.port):

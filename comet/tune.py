@@ -5,11 +5,11 @@ connections a host can hold (:data:`SYSCTLS`, one declaration per sysctl: its na
 rule its value must satisfy, the value needed for a :class:`Target`, and why), reading
 them, printing the verdict table, and ``--apply``, which writes the sysctls that are off
 (root, after ``--yes`` or a prompt; never silently). ``conf/sysctl.conf`` holds the same
-values for 1,000,000 connections. The RAM arithmetic lives in :mod:`comet.capacity`.
-
-The server calls :func:`startup_problems` at start so that a limit too low for its own
-``--max-connections`` and ``--port`` is logged before clients find it. Tests point
-``--proc-sys`` at a directory tree of their own instead of ``/proc/sys``.
+values for 1,000,000 connections. The RAM arithmetic lives in :mod:`comet.capacity`; the
+host facts it shares with the server and the flood (open files, reading sysctls, the
+sysctls the server checks at start) in :mod:`comet.hostlimits`, so the server never
+imports this module. Tests point ``--proc-sys`` at a directory tree of their own instead
+of ``/proc/sys``.
 """
 
 from __future__ import annotations
@@ -20,24 +20,17 @@ import math
 import os
 import resource
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 import psutil
 
-from comet import capacity
-from comet.capacity import FD_MARGIN
+from comet import capacity, hostlimits
+from comet.hostlimits import ACCEPT_BURST, PROC_SYS, Check, ports, read_sysctl
 
-PROC_SYS = Path("/proc/sys")
 DEFAULT_CONNECTIONS = 100_000
-#: Accept queue: two seconds of arrivals at 4,000 new connections/s (issue 6's accept target).
-ACCEPT_BURST = 8192
-#: System-wide files beyond the sockets: everything else the host runs.
-HOST_FILES = 65536
-#: Bit of CAP_SYS_RESOURCE in /proc/self/status CapEff: needed to raise a hard rlimit.
-CAP_SYS_RESOURCE = 24
 
 
 @dataclass(frozen=True)
@@ -63,15 +56,6 @@ def _numbers(text: str) -> list[int | None]:
     return [None if word == "*" else int(word) for word in text.split()]
 
 
-def ports(text: str) -> set[int]:
-    """Ports in a kernel port list such as ``8000,9000-9010`` (ip_local_reserved_ports)."""
-    found: set[int] = set()
-    for part in filter(None, text.replace(" ", "").split(",")):
-        low, _, high = part.partition("-")
-        found.update(range(int(low), int(high or low) + 1))
-    return found
-
-
 @dataclass(frozen=True)
 class Rule:
     """How --apply moves a value towards the needed one; a value it would leave alone is ok."""
@@ -86,7 +70,7 @@ class Rule:
 def _elementwise(pick: Callable[[int, int], int]) -> Rule:
     """A rule on space-separated numbers; ``*`` in the needed value accepts anything there."""
     def merge(current: str, needed: str) -> str:
-        pairs = zip(_numbers(current), _numbers(needed))
+        pairs = zip(_numbers(current), _numbers(needed), strict=False)
         return " ".join(str(c if n is None else pick(c, n)) for c, n in pairs)
     return Rule(">=" if pick is max else "<=", merge)
 
@@ -116,19 +100,21 @@ class Sysctl:
     why: str
     #: Absent on kernels without the module (nf_conntrack): then nothing to check.
     optional: bool = False
-    #: Checked by :func:`startup_problems` against the server's own --max-connections.
-    at_start: bool = False
 
     @property
     def path(self) -> str:
         return self.name.replace(".", "/")
 
 
+def _floor(floor: hostlimits.Floor) -> Sysctl:
+    """A sysctl the server also checks at start: hostlimits declares its need and why."""
+    return Sysctl(floor.name, AT_LEAST, lambda t: str(floor.needed(t.connections, t.sockets)),
+                  floor.why, optional=floor.optional)
+
+
 SYSCTLS: tuple[Sysctl, ...] = (
-    Sysctl("fs.file-max", AT_LEAST, lambda t: str(t.sockets + HOST_FILES),
-           "every socket is a file, system-wide; both ends count when the flood runs here",
-           at_start=True),
-    Sysctl("fs.nr_open", AT_LEAST, lambda t: str(t.per_process + FD_MARGIN),
+    _floor(hostlimits.FILE_MAX),
+    Sysctl("fs.nr_open", AT_LEAST, lambda t: str(hostlimits.open_files_needed(t.per_process)),
            "ceiling for any process's RLIMIT_NOFILE: one process's connections + its own files"),
     Sysctl("net.ipv4.ip_local_port_range", COVERS, lambda t: "1024 65535",
            "ephemeral ports: one per outgoing connection to a server ip:port (the flood)"),
@@ -136,18 +122,14 @@ SYSCTLS: tuple[Sysctl, ...] = (
            lambda t: str(t.port) if t.port >= 1024 else "",
            "keeps the server's port out of the ephemeral range, or a client takes it and "
            "the server cannot bind"),
-    Sysctl("net.core.somaxconn", AT_LEAST, lambda t: str(ACCEPT_BURST),
-           "caps the listen backlog: a burst of new connections beyond it is dropped",
-           at_start=True),
+    _floor(hostlimits.SOMAXCONN),
     Sysctl("net.ipv4.tcp_max_syn_backlog", AT_LEAST, lambda t: str(ACCEPT_BURST),
            "half-open connections kept while the accept queue drains"),
     Sysctl("net.ipv4.tcp_syncookies", AT_LEAST, lambda t: "1",
            "a SYN flood is answered with cookies instead of dropping real clients"),
     Sysctl("net.core.netdev_max_backlog", AT_LEAST, lambda t: "2500",
            "per-CPU queue of received packets; loopback floods pass through it (the seed's value)"),
-    Sysctl("net.netfilter.nf_conntrack_max", AT_LEAST, lambda t: str(t.connections + HOST_FILES),
-           "one conntrack entry per connection while netfilter tracks; full table drops SYNs",
-           optional=True, at_start=True),
+    _floor(hostlimits.CONNTRACK_MAX),
     Sysctl("net.ipv4.tcp_mem", AT_LEAST, lambda t: f"* {t.sockets} {2 * t.sockets}",
            "pages for all socket buffers: pressure at one per socket, max at two, so each "
            "connection can have a small message in flight"),
@@ -160,109 +142,57 @@ SYSCTLS: tuple[Sysctl, ...] = (
 )
 
 
-def read_sysctl(root: Path, name: str) -> str | None:
-    """The value as the kernel shows it, whitespace collapsed; None when absent or unreadable."""
-    try:
-        return " ".join((root / name.replace(".", "/")).read_text().split())
-    except OSError:
-        return None
-
-
-def ephemeral_ports(root: Path) -> tuple[int, int] | None:
-    """The first and last port the kernel picks source ports from."""
-    span = read_sysctl(root, "net.ipv4.ip_local_port_range")
-    return (int(span.split()[0]), int(span.split()[1])) if span else None
-
-
-@dataclass
-class Row:
-    """One line of the table; ``new`` is what --apply would write (sysctls only)."""
-
-    setting: str
-    current: str
-    needed: str
-    verdict: str
-    advice: str = ""
-    new: str | None = None
-
-
-def sysctl_rows(root: Path, target: Target, decls: Sequence[Sysctl] = SYSCTLS) -> list[Row]:
+def sysctl_rows(root: Path, target: Target, decls: Sequence[Sysctl] = SYSCTLS) -> list[Check]:
     rows = []
     for decl in decls:
         needed = decl.needed(target)
-        current = read_sysctl(root, decl.name)
+        current = read_sysctl(decl.name, root)
         shown = f"{decl.rule.sign} {needed or '-'}"
         if current is None:
-            rows.append(Row(decl.name, "-", shown, "absent" if decl.optional else "MISSING",
-                            "not on this kernel, or not readable here"))
+            rows.append(Check(decl.name, "-", shown, "absent" if decl.optional else "MISSING",
+                              "not on this kernel, or not readable here"))
         elif decl.rule.ok(current, needed):
-            rows.append(Row(decl.name, current, shown, "ok"))
+            rows.append(Check(decl.name, current, shown, "ok"))
         else:
-            rows.append(Row(decl.name, current, shown, "CHANGE", decl.why,
-                            decl.rule.merge(current, needed)))
+            rows.append(Check(decl.name, current, shown, "CHANGE", decl.why,
+                              decl.rule.merge(current, needed)))
     return rows
 
 
-def can_raise_hard_limits() -> bool:
-    """Only CAP_SYS_RESOURCE lifts a hard rlimit; containers usually drop it, even for root."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
-    except OSError:
-        pass
-    return False
+def limit_rows(target: Target) -> list[Check]:
+    """The open-files rows: the same checks the server logs at start, per process here."""
+    return hostlimits.open_files_checks(target.per_process, target.connections)
 
 
-def limit_rows(target: Target) -> list[Row]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = target.per_process + FD_MARGIN
-    shown = f">= {need}"
-    rows = [Row("RLIMIT_NOFILE soft", str(soft), shown, "ok" if soft >= need else "CHANGE",
-                f"per-process open files: ulimit -n {min(need, hard)}, LimitNOFILE in "
-                "conf/comet.service, or conf/limits.conf")]
-    if hard >= need:
-        rows.append(Row("RLIMIT_NOFILE hard", str(hard), shown, "ok"))
-        return rows
-    procs = capacity.processes_needed(target.connections, hard)
-    instead = (f"instead run {procs} processes of <= {hard - FD_MARGIN:,} connections each "
-               f"(--workers {procs}, with --redis); check with --workers {procs}")
-    if can_raise_hard_limits():
-        rows.append(Row("RLIMIT_NOFILE hard", str(hard), shown, "CHANGE",
-                        "raise in conf/limits.conf or LimitNOFILE (<= fs.nr_open); or " + instead))
-    else:
-        rows.append(Row("RLIMIT_NOFILE hard", str(hard), shown, "CANNOT",
-                        f"the hard limit {hard:,} cannot be raised from inside this host or "
-                        "container (no CAP_SYS_RESOURCE: whoever starts it sets it); " + instead))
-    return rows
-
-
-def host_rows(target: Target, figures: capacity.Figures, available: int, hard: int) -> list[Row]:
+def host_rows(target: Target, figures: capacity.Figures, available: int,
+              hard: int) -> list[Check]:
     """RAM (KiB available) against the capacity plan, and processes against cores."""
     need = capacity.memory_needed_kib(figures, target.connections, target.loopback)
-    rows = [Row("memory available", capacity.gib(available), f">= {capacity.gib(need)}",
-                "ok" if need <= available else "SHORT",
-                "spread the connections over more hosts, or lower memory per connection")]
+    rows = [Check("memory available", capacity.gib(available), f">= {capacity.gib(need)}",
+                  "ok" if need <= available else "SHORT",
+                  "spread the connections over more hosts, or lower memory per connection")]
     cores = len(os.sched_getaffinity(0))
-    procs = max(target.processes, capacity.processes_needed(target.connections, hard))
-    rows.append(Row("cores", str(cores), f"{procs} process(es)", "ok" if procs <= cores else "note",
-                    f"{procs} processes share {cores} cores: idle connections cost little CPU, "
-                    "broadcasts are CPU bound"))
+    procs = max(target.processes, hostlimits.processes_needed(target.connections, hard))
+    rows.append(Check("cores", str(cores), f"{procs} process(es)",
+                      "ok" if procs <= cores else "note",
+                      f"{procs} processes share {cores} cores: idle connections cost little CPU, "
+                      "broadcasts are CPU bound"))
     return rows
 
 
-def print_table(rows: list[Row], out: TextIO) -> None:
-    head = Row("setting", "current", "needed", "verdict")
+def print_table(rows: list[Check], out: TextIO) -> None:
+    head = Check("setting", "current", "needed", "verdict")
     widths = [max(len(getattr(r, f)) for r in [head, *rows])
               for f in ("setting", "current", "needed")]
     for row in [head, *rows]:
         cells = (row.setting, row.current, row.needed)
-        print("  ".join(c.ljust(w) for c, w in zip(cells, widths)) + "  " + row.verdict, file=out)
+        line = "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+        print(line + "  " + row.verdict, file=out)
         if row.advice and row.verdict != "ok":
             print(f"    -> {row.advice}", file=out)
 
 
-def apply(root: Path, rows: list[Row], *, yes: bool, answers: TextIO, out: TextIO) -> int:
+def apply(root: Path, rows: list[Check], *, yes: bool, answers: TextIO, out: TextIO) -> int:
     """Write the sysctls that are off, after consent; say what changed and what could not."""
     changes = [r for r in rows if r.new is not None]
     for row in rows:
@@ -297,7 +227,7 @@ def apply(root: Path, rows: list[Row], *, yes: bool, answers: TextIO, out: TextI
     return 1 if failed else 0
 
 
-def write_refusal(exc: OSError, row: Row) -> str:
+def write_refusal(exc: OSError, row: Check) -> str:
     """Why the kernel refused a write, in words that say what to do instead."""
     elsewhere = f"set it on the host or with `docker run --sysctl {row.setting}={row.new}`"
     if exc.errno == errno.EROFS:
@@ -307,31 +237,6 @@ def write_refusal(exc: OSError, row: Row) -> str:
     if exc.errno == errno.EINVAL:
         return f"the kernel rejected the value {row.new!r}"
     return exc.strerror or str(exc)
-
-
-def startup_problems(max_connections: int, port: int, *,
-                     proc_sys: str | Path = PROC_SYS) -> list[str]:
-    """Tuning problems that will bite this server's own settings, for its start-up log.
-
-    Only what matters for ``--max-connections`` and ``--port`` on this host: open-files
-    limits, file and conntrack tables, the listen backlog, and the port inside the ephemeral
-    range. Reads only; an unreadable value is skipped rather than failing the start.
-    """
-    root, target = Path(proc_sys), Target(max_connections, port)
-    rows = sysctl_rows(root, target, [d for d in SYSCTLS if d.at_start]) + limit_rows(target)
-    problems = [f"{r.setting} = {r.current}, needs {r.needed} for --max-connections "
-                f"{max_connections}: {r.advice}" + (f" (sysctl -w {r.setting}='{r.new}')"
-                                                    if r.new else "")
-                for r in rows if r.verdict in ("CHANGE", "CANNOT")]
-    span = ephemeral_ports(root)
-    reserved = read_sysctl(root, "net.ipv4.ip_local_reserved_ports") or ""
-    if port and span and span[0] <= port <= span[1] and port not in ports(reserved):
-        problems.append(
-            f"port {port} is inside net.ipv4.ip_local_port_range {span[0]}-{span[1]} and not in "
-            "net.ipv4.ip_local_reserved_ports: an outgoing connection may take it as its "
-            "source port and a restart then cannot bind "
-            f"(sysctl -w net.ipv4.ip_local_reserved_ports={port})")
-    return problems
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -377,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{target.processes} process(es){', flood on this host' if target.loopback else ''}; "
           f"sysctls under {args.proc_sys}")
     print_table(rows, sys.stdout)
-    wmem = (read_sysctl(args.proc_sys, "net.ipv4.tcp_wmem") or "4096 16384 4194304").split()
+    wmem = (read_sysctl("net.ipv4.tcp_wmem", args.proc_sys) or "4096 16384 4194304").split()
     print("", *capacity.plan_lines(
         figures, target.connections, loopback=target.loopback,
-        port_range=ephemeral_ports(args.proc_sys) or (32768, 60999),
+        port_range=hostlimits.ephemeral_ports(args.proc_sys) or hostlimits.LINUX_EPHEMERAL_PORTS,
         nofile_hard=hard, wmem_initial=int(wmem[1]), available_kib=available), sep="\n")
     if args.apply:
         print()

@@ -7,7 +7,10 @@ message published to one worker would never reach a client held by another.
 Several workers need the Redis backplane (not built yet). A second worker of
 the same gunicorn master is detected with an exclusive lock keyed by the
 master's pid and refused at import, which makes gunicorn stop with
-"Worker failed to boot" and our message in its log.
+"Worker failed to boot" and our message in its log. This is comet's only
+one-worker guard: it holds however the worker count was given (``-w``,
+``conf/gunicorn.conf.py``, ``GUNICORN_CMD_ARGS``), which a check of the
+configuration file alone would not.
 """
 
 from __future__ import annotations

@@ -9,13 +9,13 @@ import os
 #: WebSocket. The stock "gevent" worker also runs the app, one greenlet per connection.
 worker_class = "comet.gunicorn.Worker"
 
-#: One process: the in-process router only reaches connections of its own process. More
-#: workers need the Redis backplane (not built yet); gunicorn forks them on one shared socket.
-workers = int(os.environ.get("COMET_WORKERS", "1"))
+#: One process: the in-process router only reaches connections of its own process. comet.wsgi
+#: refuses a second worker of the same master (however -w was given) with the reason.
+workers = 1
 
 #: Greenlets per worker: with comet's worker a hibernated connection holds none, so this
 #: bounds requests in progress; COMET_MAX_CONNECTIONS bounds connections held (the open-files
-#: limit, 20,000 per process here, less ~1,000 for the process itself).
+#: limit, 20,000 per process here, less comet.hostlimits.SERVER_FD_MARGIN, 1,000).
 worker_connections = int(os.environ.get("COMET_WORKER_CONNECTIONS", "19000"))
 
 #: Same port as ``python -m comet.server``; conf/sysctl.conf reserves it from the ephemeral range.
@@ -33,8 +33,3 @@ graceful_timeout = 10
 
 #: Keep-alive between requests on non-streaming connections (publish, stats).
 keepalive = 5
-
-if workers > 1:
-    raise SystemExit(
-        "comet: more than one gunicorn worker needs the Redis backplane, which is not built "
-        "yet; without it a message reaches only the connections of the worker that got it")

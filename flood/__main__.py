@@ -17,9 +17,15 @@ import time
 
 import gevent
 
+from comet.hostlimits import (
+    FLOOD_FD_MARGIN,
+    connections_per_process,
+    processes_needed,
+    raise_open_files_limit,
+)
 from flood import report, stats
 from flood import transport as transports
-from flood.procs import FD_RESERVE, Children, procs_needed, raise_nofile
+from flood.procs import Children
 from flood.sources import parse_sources, port_warning
 from flood.urls import load_urls, parse_url
 from flood.worker import Flood, Plan
@@ -128,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for line in port_warning(per_destination(urls.urls), sources).splitlines():
         sys.stderr.write(f"flood: {line}\n")
-    nofile = raise_nofile()
-    procs = args.procs or procs_needed(len(urls.urls), nofile)
-    if len(urls.urls) / procs > nofile - FD_RESERVE:
+    nofile = raise_open_files_limit()
+    procs = args.procs or processes_needed(len(urls.urls), nofile, FLOOD_FD_MARGIN)
+    if len(urls.urls) / procs > connections_per_process(nofile, FLOOD_FD_MARGIN):
         sys.stderr.write(f"flood: {len(urls.urls)} URLs over {procs} process(es) exceeds the "
                          f"open-files limit {nofile} per process; the excess will be "
                          f"'Too many open files'\n")

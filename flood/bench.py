@@ -24,8 +24,9 @@ import time
 
 import gevent
 
+from comet.hostlimits import FLOOD_FD_MARGIN, processes_needed, raise_open_files_limit
 from flood import benchtable, measure, memory, modes, stats
-from flood.procs import Children, procs_needed, raise_nofile
+from flood.procs import Children
 from flood.report import write_json
 from flood.sources import parse_sources, port_warning
 from flood.target import Target
@@ -48,12 +49,13 @@ class Bench:
     def flood(self, url_file: str) -> tuple[Children, dict]:
         """Start the flood processes and sample until every connection was tried."""
         args = self.args
-        nofile = raise_nofile()
+        nofile = raise_open_files_limit()
         plan = Plan(url_file=url_file, wait_ms=1000.0 / args.rate, start_at=time.time() + 1.0,
                     sources=parse_sources(args.source) if args.source else [],
                     concurrency=args.concurrency, emit_every=SAMPLE, closed_lines=5,
                     transport=args.transport, unread=args.unread)
-        self.client_procs = args.procs or procs_needed(args.connections, nofile)
+        self.client_procs = args.procs or processes_needed(args.connections, nofile,
+                                                           FLOOD_FD_MARGIN)
         children = Children(plan, self.client_procs, self.timeline.log)
         children.start()
         while not children.all_ready():

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from flood.procs import raise_nofile
+from comet.hostlimits import ephemeral_ports, raise_open_files_limit
 from flood.sources import bind_source, parse_sources
 
 HOLDER = """
@@ -63,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", help="source addresses as flood --source (default: none bound)")
     p.add_argument("--step", type=int, default=1000, help="report every N (default 1000)")
     args = p.parse_args(argv)
-    raise_nofile()
+    raise_open_files_limit()
     holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True)
     try:
         port = int(holder.stdout.readline())
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
-            print(f"ip_local_port_range {' '.join(fh.read().split())}; holder on port {port}")
+        span = ephemeral_ports()
+        shown = f"{span[0]} {span[1]}" if span else "unreadable"
+        print(f"ip_local_port_range {shown}; holder on port {port}")
         measure(port, args.connections, parse_sources(args.source) if args.source else [],
                 args.step)
     finally:

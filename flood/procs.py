@@ -1,16 +1,16 @@
 """Several flood processes as one: start children, read their JSON lines, sum their snapshots.
 
-Why processes: one process may hold at most RLIMIT_NOFILE sockets (20,000 here) and
-uses one core. Each child is ``python -m flood.worker PLAN`` (see :mod:`flood.worker`);
-this module never parses HTTP, it only relays ``Closed:`` lines and keeps each
-child's latest snapshot so the parent prints one summed ``Stats:`` line.
+Why processes: one process may hold at most RLIMIT_NOFILE sockets (20,000 here, less
+:data:`comet.hostlimits.FLOOD_FD_MARGIN`; the count is
+:func:`comet.hostlimits.processes_needed`) and uses one core. Each child is ``python -m
+flood.worker PLAN`` (see :mod:`flood.worker`); this module never parses HTTP, it only
+relays ``Closed:`` lines and keeps each child's latest snapshot so the parent prints one
+summed ``Stats:`` line.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -20,24 +20,6 @@ import gevent
 from gevent import subprocess
 
 from flood.worker import Plan, plan_json
-
-#: Descriptors a flood process keeps for itself (stdio, epoll, pipes, resolver...).
-FD_RESERVE = 64
-
-
-def raise_nofile() -> int:
-    """Lift the soft open-files limit to the hard one; return the usable limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        soft = hard
-    return soft
-
-
-def procs_needed(url_count: int, nofile: int | None = None) -> int:
-    """How many processes hold ``url_count`` sockets under the per-process file limit."""
-    per_proc = max((nofile or raise_nofile()) - FD_RESERVE, 1)
-    return max(1, math.ceil(url_count / per_proc))
 
 
 class Child:

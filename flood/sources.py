@@ -13,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+from comet.hostlimits import LINUX_EPHEMERAL_PORTS, ephemeral_ports, ports_per_source
+
 #: Linux's IP_BIND_ADDRESS_NO_PORT (include/uapi/linux/in.h); Python does not name it.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 #: A range larger than this is surely a typo.
@@ -54,23 +56,14 @@ def bind_source(sock: socket.socket, address: str) -> None:
     sock.bind((address, 0))
 
 
-def ephemeral_range() -> tuple[int, int]:
-    """``net.ipv4.ip_local_port_range`` (the Linux default when unreadable)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
-            lo, hi = (int(x) for x in fh.read().split())
-            return lo, hi
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
 def port_warning(per_destination: dict[str, int], sources: list[str]) -> str:
     """Say so when one source address would need more than half the ephemeral range for
     one destination: Linux's connect() tries even ports first, and once they are taken
     each connect() scans them all before an odd one (measured here: ~18 us -> ~650 us
     per connect() past 14,116 connections, docs/flood.rst). Empty when all is well."""
-    lo, hi = ephemeral_range()
-    half, whole = (hi - lo + 1) // 2, hi - lo + 1
+    lo, hi = span = ephemeral_ports() or LINUX_EPHEMERAL_PORTS
+    whole = ports_per_source(span)
+    half = whole // 2
     per_source = max(len(sources), 1)
     lines = []
     for dest, count in sorted(per_destination.items()):

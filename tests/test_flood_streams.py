@@ -79,9 +79,9 @@ def test_parse_sources_forms():
 
 
 def test_port_warning_names_the_even_half_and_the_whole_range():
-    from flood.sources import ephemeral_range, port_warning
-    lo, hi = ephemeral_range()
-    half = (hi - lo + 1) // 2
+    from comet.hostlimits import LINUX_EPHEMERAL_PORTS, ephemeral_ports, ports_per_source
+    from flood.sources import port_warning
+    half = ports_per_source(ephemeral_ports() or LINUX_EPHEMERAL_PORTS) // 2
     assert port_warning({"127.0.0.1:8000": half}, []) == ""
     assert "the even half" in port_warning({"127.0.0.1:8000": half + 1}, [])
     assert port_warning({"127.0.0.1:8000": half + 1}, ["127.0.0.2", "127.0.0.3"]) == ""

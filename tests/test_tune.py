@@ -2,7 +2,8 @@
 
 Sysctls live in a fake /proc/sys tree under tmp_path; the tool runs as a real
 subprocess (``python -m comet.tune --proc-sys DIR``). Open-files limits are the real
-ones, lowered in the child where a test needs them low.
+ones, lowered in the child where a test needs them low. The checks the server runs at
+start are comet.hostlimits' (tests/test_hostlimits.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from comet import capacity, tune
+from comet import capacity, hostlimits, tune
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,7 +72,7 @@ def tree_values(root: Path) -> dict[str, str]:
 
 def test_table_judges_values_below_at_and_above_what_is_needed(tmp_path):
     root = make_tree(tmp_path, {"net.core.somaxconn": "128",                  # below
-                                "fs.file-max": str(1000 + tune.HOST_FILES),  # exactly needed
+                                "fs.file-max": str(1000 + hostlimits.HOST_FILES),  # exactly needed
                                 "net.ipv4.tcp_rmem": "4096\t131072\t6291456"})
     result = run_tune("--connections", "1000", "--proc-sys", str(root))
     seen = verdicts(result.stdout)
@@ -152,7 +153,7 @@ def test_apply_with_nothing_off_says_so(tmp_path):
 def test_apply_on_the_real_proc_sys_is_refused_without_root(monkeypatch):
     monkeypatch.setattr(tune.os, "geteuid", lambda: 1000)
     # A sysctl that cannot exist, so even a broken check could write nothing real.
-    rows = [tune.Row("comet.test.never", "1", ">= 2", "CHANGE", new="2")]
+    rows = [hostlimits.Check("comet.test.never", "1", ">= 2", "CHANGE", new="2")]
     out = io.StringIO()
     assert tune.apply(tune.PROC_SYS, rows, yes=True, answers=io.StringIO(), out=out) == 2
     assert "--apply refused: writing /proc/sys needs root" in out.getvalue()
@@ -165,6 +166,8 @@ def test_hard_open_files_limit_too_low_says_run_more_processes(tmp_path):
             if line.startswith("RLIMIT_NOFILE")}
     assert seen["soft"] == "CHANGE" and seen["hard"] in ("CANNOT", "CHANGE")
     assert "run 33 processes of <= 3,096 connections each (--workers 33" in result.stdout
+    assert "independent servers each serving its own ids" in result.stdout
+    assert "--redis" not in result.stdout                       # no such flag (yet)
     assert result.returncode == 1
 
 
@@ -190,6 +193,8 @@ def test_capacity_plan_comes_from_bench_json(tmp_path):
     assert "server userland, poll, ws: not measured yet" in out
     assert "server processes        53" in out                           # 1e6 / 19,000
     assert "flood source addresses  16" in out                           # 1e6 / 64,512 ports
+    assert "flood processes: 51 (64 files kept each)" in out             # 1e6 / 19,936
+    assert "independent servers, each with its own ids" in out
 
 
 def test_capacity_defaults_are_the_measured_figures():
@@ -237,7 +242,7 @@ def test_missing_bench_json_and_bad_flags_are_refused(tmp_path):
     (errno.EINVAL, "rejected the value"),
 ])
 def test_write_refusals_say_what_to_do_instead(code, words):
-    row = tune.Row("net.core.somaxconn", "128", ">= 8192", "CHANGE", new="8192")
+    row = hostlimits.Check("net.core.somaxconn", "128", ">= 8192", "CHANGE", new="8192")
     message = tune.write_refusal(OSError(code, os.strerror(code)), row)
     assert words in message
     if code != errno.EINVAL:
@@ -251,44 +256,16 @@ def test_rules_merge_towards_the_needed_value_only_where_off():
     assert tune.COVERS.ok("1024 65535", "1024 65535")
     assert not tune.COVERS.ok("1025 65535", "1024 65535")
     assert tune.INCLUDES.ok("7000-9000", "8000") and tune.INCLUDES.ok("", "")
-    assert tune.ports("8000, 9000-9002") == {8000, 9000, 9001, 9002} and tune.ports("") == set()
+    assert not tune.INCLUDES.ok("7000-7999,8001", "8000")
 
 
-def test_startup_problems_names_the_port_in_the_ephemeral_range(tmp_path):
-    root = make_tree(tmp_path, {"net.ipv4.ip_local_reserved_ports": ""})
-    problems = tune.startup_problems(100, 8000, proc_sys=root)
-    assert len(problems) == 1 and "port 8000 is inside" in problems[0]
-    assert "ip_local_reserved_ports=8000" in problems[0]
-    assert tune.startup_problems(100, 0, proc_sys=root) == []          # any free port
-    assert tune.startup_problems(100, 80, proc_sys=root) == []         # below the range
-
-
-def test_startup_problems_is_empty_on_a_tuned_host(tmp_path):
-    assert tune.startup_problems(100, 8000, proc_sys=make_tree(tmp_path)) == []
-
-
-def test_startup_problems_names_low_tables_and_backlog(tmp_path):
-    root = make_tree(tmp_path, {"net.core.somaxconn": "128", "fs.file-max": "5000",
-                                "net.netfilter.nf_conntrack_max": "100"})
-    problems = "\n".join(tune.startup_problems(100, 8000, proc_sys=root))
-    assert "net.core.somaxconn = 128, needs >= 8192" in problems
-    assert "fs.file-max = 5000" in problems and "nf_conntrack_max = 100" in problems
-
-
-def test_startup_problems_names_open_files_limits(tmp_path, monkeypatch):
-    root = make_tree(tmp_path)
-    monkeypatch.setattr(tune.resource, "getrlimit", lambda _: (1024, 20000))
-    soft = tune.startup_problems(5000, 8000, proc_sys=root)
-    assert soft == ["RLIMIT_NOFILE soft = 1024, needs >= 6000 for --max-connections 5000: "
-                    "per-process open files: ulimit -n 6000, LimitNOFILE in conf/comet.service, "
-                    "or conf/limits.conf"]
-    hard = tune.startup_problems(100_000, 8000, proc_sys=root)
-    assert "RLIMIT_NOFILE hard = 20000, needs >= 101000" in hard[1]
-    assert "run 6 processes of <= 19,000 connections each (--workers 6" in hard[1]
-
-
-def test_startup_problems_survives_an_unreadable_tree(tmp_path):
-    assert tune.startup_problems(100, 8000, proc_sys=tmp_path / "missing") == []
+def test_table_checks_what_the_server_checks_at_start_at_the_same_values():
+    decls = {decl.name: decl for decl in tune.SYSCTLS}
+    for n in (1000, 100_000):
+        for floor in hostlimits.AT_START:
+            decl = decls[floor.name]
+            assert decl.needed(tune.Target(n)) == str(floor.needed(n, n)), floor.name
+            assert decl.why == floor.why and decl.optional == floor.optional
 
 
 def sysctl_conf() -> dict[str, str]:
@@ -314,15 +291,15 @@ def test_conf_open_files_limits_fit_under_nr_open():
     assert limits and all(int(value) <= nr_open for *_, value in limits)
 
 
-def test_conf_gunicorn_uses_comets_worker_and_refuses_a_second_one():
+def test_conf_gunicorn_uses_comets_worker_one_worker_and_room_for_its_own_files(monkeypatch):
+    """One worker, whatever COMET_WORKERS says: comet.wsgi refuses a second one
+    (tests/test_gunicorn.py), so the configuration offers no knob for it."""
     path = str(REPO / "conf" / "gunicorn.conf.py")
     settings: dict = {}
+    monkeypatch.setenv("COMET_WORKERS", "2")
     exec(compile(Path(path).read_text(), path, "exec"), settings)
     assert settings["worker_class"] == "comet.gunicorn.Worker" and settings["workers"] == 1
-    assert settings["worker_connections"] + capacity.FD_MARGIN <= 20000
-    result = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "COMET_WORKERS": "2"})
-    assert "needs the Redis backplane" in result.stderr
+    assert settings["worker_connections"] + hostlimits.SERVER_FD_MARGIN <= 20000
 
 
 def test_memory_short_and_processes_beyond_cores_are_flagged():
@@ -336,7 +313,7 @@ def test_memory_short_and_processes_beyond_cores_are_flagged():
 def test_loopback_counts_both_ends_of_every_connection(tmp_path):
     result = run_tune("--connections", "100000", "--loopback", "--proc-sys",
                       str(make_tree(tmp_path)))
-    assert f">= {200_000 + tune.HOST_FILES}" in result.stdout                 # fs.file-max
+    assert f">= {200_000 + hostlimits.HOST_FILES}" in result.stdout           # fs.file-max
     assert "200,000 sockets (both ends: the flood runs here)" in result.stdout
 
 
