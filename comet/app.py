@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
-from typing import Callable
 
 from comet.config import Settings
 from comet.framing import framing_for

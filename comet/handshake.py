@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 from geventwebsocket.handler import WebSocketHandler
 

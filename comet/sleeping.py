@@ -180,7 +180,7 @@ class SleepingConnection(Life):
             self.writer = None
             if self.ended is not None:
                 self.finish(self.ended)
-        except socket.timeout:
+        except TimeoutError:
             self.writer = None
             self.hub.drop(self, ends.WRITE_TIMEOUT)
         except OSError:
