@@ -86,3 +86,16 @@ def test_bad_id_is_refused(server, path):
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         connect(server, path)
     assert refused.value.status_code == 400
+
+
+def test_upgrade_at_capacity_gets_503_with_retry_after_and_is_counted(start_server):
+    server = start_server("--max-connections", "1")
+    held = connect(server, "/ws/first")
+    server.wait_for(lambda s: s["connections"]["total"] == 1, what="one held")
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        connect(server, "/ws/second")
+    assert refused.value.status_code == 503
+    assert refused.value.resp_headers["retry-after"] == "5"
+    assert b"at capacity" in refused.value.resp_body
+    assert server.stats()["refused"] == 1
+    held.close()

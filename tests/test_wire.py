@@ -1,6 +1,9 @@
 """Framing as pure functions: message in, bytes out."""
 
 import json
+import struct
+
+import pytest
 
 from comet import wire
 from comet.broker import Message
@@ -42,3 +45,25 @@ def test_poll_answer_is_json_with_text_data():
     assert answer == {"messages": [{"id": "ep0ch-7", "data": "café"},
                                    {"id": "ep0ch-8", "data": "\ufffd"}], "last": "ep0ch-8"}
     assert json.loads(wire.poll_answer([], "ep0ch-0", missed=True))["missed"] is True
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_ws_frames_are_final_unmasked_and_sized_as_rfc_6455_says(size):
+    from geventwebsocket.websocket import Header  # the encoder wire.py replaced
+    payload = b"p" * size
+    made = wire.ws_frame(wire.WS_TEXT, payload)
+    assert made == bytes(Header.encode_header(True, wire.WS_TEXT, b"", size, 0)) + payload
+    assert made[0] == 0x81 and not made[1] & 0x80
+
+
+def test_ws_close_carries_the_code_and_a_short_reason():
+    frame = wire.ws_close(1008, "slow consumer" * 20)
+    assert frame[:2] == b"\x88\x7a"  # final close frame, 2 + 120 bytes
+    assert struct.unpack("!H", frame[2:4])[0] == 1008 and len(frame) == 2 + 122
+
+
+@pytest.mark.parametrize("code, answered", [
+    (None, 1000), (1000, 1000), (1001, 1001), (4000, 4000),
+    (999, 1002), (1005, 1002), (1006, 1002), (5000, 1002)])
+def test_a_client_close_is_answered_with_its_code_or_1002_for_one_it_may_not_send(code, answered):
+    assert struct.unpack("!H", wire.ws_close_reply(code)[2:4])[0] == answered

@@ -1,0 +1,111 @@
+"""The Broker contract, as a conformance suite every broker runs (docs/design.rst, "Broker").
+
+Each test takes a ``broker`` built by one of :data:`BROKERS` with a history of
+3 messages per id, started with a recording ``deliver``. A broker that spans
+processes will be added to :data:`BROKERS` and must pass the same tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from comet.broker import Message, parse_position
+from comet.broker.memory import MemoryBroker, MemoryHistory
+
+
+class Delivered:
+    """The hub's side of the contract: records each call, says one connection took it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str | None, Message]] = []
+
+    def __call__(self, id: str | None, message: Message) -> int:
+        self.calls.append((id, message))
+        return 1
+
+
+def memory_broker() -> MemoryBroker:
+    return MemoryBroker(MemoryHistory(per_id=3, ttl=60.0))
+
+
+BROKERS = {"memory": memory_broker}
+
+
+@pytest.fixture(params=sorted(BROKERS))
+def broker(request):
+    broker = BROKERS[request.param]()
+    broker.delivered = Delivered()
+    broker.start(broker.delivered)
+    yield broker
+    broker.close()
+
+
+def test_a_publish_to_a_subscribed_id_is_delivered_here_with_its_id(broker):
+    broker.subscribe(["a"])
+    message, count = broker.publish("a", b"hello")
+    assert broker.delivered.calls == [("a", message)]
+    assert message.data == b"hello"
+    assert count == (None if broker.spans_processes else 1)
+
+
+def test_a_broadcast_is_delivered_as_none(broker):
+    message, _ = broker.broadcast(b"all")
+    assert broker.delivered.calls == [(None, message)]
+
+
+def test_message_ids_share_an_epoch_and_count_up(broker):
+    broker.subscribe(["a", "b"])
+    messages = [broker.publish(id, b"x")[0] for id in ("a", "b", "a")]
+    epochs = {m.id.rpartition("-")[0] for m in messages}
+    assert len(epochs) == 1
+    epoch = epochs.pop()
+    offsets = [parse_position(m.id, epoch) for m in messages]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 3
+    assert [m.seq for m in messages] == offsets
+    assert broker.position() == messages[-1].id
+
+
+def test_replay_gives_the_ids_and_the_broadcasts_after_the_last_id_oldest_first(broker):
+    broker.subscribe(["a", "b"])
+    start = broker.position()
+    a1 = broker.publish("a", b"a1")[0]
+    broker.publish("b", b"b1")
+    every = broker.broadcast(b"all")[0]
+    a2 = broker.publish("a", b"a2")[0]
+    replay = broker.replay(["a"], start)
+    assert [m.id for m in replay.messages] == [a1.id, every.id, a2.id]
+    assert replay.missed is False
+    assert [m.data for m in broker.replay(["a"], every.id).messages] == [b"a2"]
+
+
+def test_a_publish_that_reaches_nobody_still_lands_in_history(broker):
+    start = broker.position()
+    message, _ = broker.publish("nobody-here", b"kept")
+    assert [m.id for m in broker.replay(["nobody-here"], start).messages] == [message.id]
+
+
+def test_an_id_of_another_epoch_is_missed_and_what_is_kept_follows(broker):
+    broker.subscribe(["a"])
+    kept = broker.publish("a", b"kept")[0]
+    replay = broker.replay(["a"], "not-an-epoch-7")
+    assert replay.missed is True
+    assert [m.id for m in replay.messages] == [kept.id]
+    assert parse_position(replay.start, kept.id.rpartition("-")[0]) == 0
+
+
+def test_history_beyond_its_bound_is_reported_missed_never_silently_gone(broker):
+    broker.subscribe(["a"])
+    start = broker.position()
+    sent = [broker.publish("a", b"%d" % n)[0] for n in range(5)]  # the bound is 3
+    replay = broker.replay(["a"], start)
+    assert replay.missed is True
+    assert [m.id for m in replay.messages] == [m.id for m in sent[-3:]]
+    assert broker.replay(["a"], sent[1].id).missed is False  # from there on all is kept
+
+
+def test_unsubscribe_and_subscribe_again_keep_delivery_and_history_whole(broker):
+    broker.subscribe(["a"])
+    broker.unsubscribe(["a"])
+    broker.subscribe(["a"])
+    message, _ = broker.publish("a", b"again")
+    assert ("a", message) in broker.delivered.calls
