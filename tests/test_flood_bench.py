@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.test_flood_servers import ROOT, free_port
+from tests.floodservers import ROOT, free_port
 
 pytest.importorskip("comet.server", reason="the comet server is not built yet")
 

@@ -12,7 +12,7 @@ from gevent.server import StreamServer
 
 from flood.sources import parse_sources
 from flood.worker import Flood, Plan
-from tests.test_flood_servers import HEAD, chunk, chunk_server
+from tests.floodservers import HEAD, chunk, chunk_server
 
 
 def live_greenlets() -> int:
