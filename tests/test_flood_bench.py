@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.floodservers import ROOT, free_port
+from tests.floodservers import ROOT
+from tests.realserver import free_port
 
 pytest.importorskip("comet.server", reason="the comet server is not built yet")
 

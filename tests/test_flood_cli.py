@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from tests.floodservers import chunk_server, free_port, run_flood, write_urls
+from tests.floodservers import chunk_server, run_flood, write_urls
+from tests.realserver import free_port
 
 STATS = re.compile(r"^Stats: \{(\d+),(\d+),(\d+)\}$", re.M)
 

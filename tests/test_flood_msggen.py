@@ -9,7 +9,8 @@ import pytest
 
 from flood.ids import Popularity, parse_ids
 from flood.latency import TS_TOKEN
-from tests.floodservers import free_port, publish_server, run_module
+from tests.floodservers import publish_server, run_module
+from tests.realserver import free_port
 
 
 def test_messages_carry_a_timestamp_and_never_exceed_the_rate(tmp_path):

@@ -4,17 +4,12 @@ import json
 import socket
 
 import gevent
-import requests
 import websocket
 
 from comet.timerwheel import TimerWheel
 from tests.chunked import StrictResponse, open_stream
-from tests.realserver import RealServer
+from tests.realserver import RealServer, post
 from tests.sse import open_events
-
-
-def post(server, path, body):
-    return requests.post(server.url + path, data=body, timeout=10).json()
 
 
 class Due:
