@@ -3,7 +3,8 @@
 Tests talk to it over real sockets. The port comes from the server's own
 "serving on" log line, so no port is ever guessed or reused. The two requests every
 test module makes of a server, publishing (:func:`post`) and finding a port nobody
-listens on (:func:`free_port`), live here once.
+listens on (:func:`free_port`), live here once, with :func:`wait_until` for tests
+that wait on a condition in this process rather than on the server's ``/stats``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 
+import gevent
 import requests
 
 SERVING = re.compile(r"serving on http://[^:]+:(\d+)/")
@@ -40,6 +42,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_until(holds, timeout: float = 10.0, what: str = "condition") -> None:
+    """Until ``holds()`` is true, yielding to this process's greenlets (timers, spawned
+    work) between tries: a wait on a condition, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while not holds():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} never held in {timeout} s")
+        gevent.sleep(0.01)
 
 
 class RealServer:
