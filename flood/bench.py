@@ -87,7 +87,7 @@ class Bench:
         target = self.target
         out_dir = os.path.dirname(os.path.abspath(args.plot or args.json or "bench-out/x"))
         os.makedirs(out_dir, exist_ok=True)
-        self.result.update(command=["flood.bench", *sys.argv[1:]], transport=args.transport,
+        self.result.update(command=args.command, transport=args.transport,
                            server_args=args.server_args or "", unread=args.unread,
                            date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                            connections_requested=args.connections, rate_requested=args.rate,
@@ -176,7 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    # the command line as parsed (main's argv, else sys.argv), for the JSON's "command"
+    args.command = ["flood.bench", *argv]
     if args.target and not args.server_pid:
         parser.error("--target needs --server-pid (bench measures that process's memory)")
     if args.connections < 1 or args.rate <= 0 or args.broadcasts < 1:
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(benchtable.table(result)))
         held = result["held"]
     else:
-        result = modes.compare(args, argv, run_one)
+        result = modes.compare(args, run_one)
         held = min(r["held"] for r in result["modes"].values())
     if args.json:
         write_json(args.json, result)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import sys
 from collections.abc import Callable
 
 from flood import benchtable
@@ -27,10 +26,9 @@ def mode_args(args: argparse.Namespace, mode: str) -> argparse.Namespace:
     return one
 
 
-def compare(args: argparse.Namespace, argv: list[str] | None,
-            run_one: Callable[[argparse.Namespace], dict]) -> dict:
+def compare(args: argparse.Namespace, run_one: Callable[[argparse.Namespace], dict]) -> dict:
     """Run every mode in the order given, print them side by side; the JSON document."""
     runs = {mode: run_one(mode_args(args, mode)) for mode in args.modes}
     print("\n".join(benchtable.side_by_side(runs)))
-    return {"command": ["flood.bench", *(sys.argv[1:] if argv is None else argv)],
+    return {"command": args.command,
             "date": runs[args.modes[0]]["date"], "modes": runs}

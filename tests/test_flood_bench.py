@@ -131,3 +131,12 @@ def test_a_broken_comet_server_fails_this_module_instead_of_skipping_it(tmp_path
     assert "skipped" not in result.stdout.lower(), result.stdout
     assert result.returncode == pytest.ExitCode.INTERRUPTED, result.stdout
     assert "comet.server" in result.stdout
+
+
+def test_bench_records_the_arguments_main_was_given_not_sys_argv(tmp_path):
+    from flood import bench
+    out = tmp_path / "given.json"
+    argv = ["--connections", "20", "--hold", "0.3", "--interval", "1", "--no-plot",
+            "--json", str(out)]
+    assert bench.main(argv) == 0
+    assert json.loads(out.read_text())["command"] == ["flood.bench", *argv]
