@@ -2,7 +2,7 @@
 
 This runs in a short-lived greenlet from the flood's pool, so it may block (gevent
 sockets). It ends as soon as the head is accepted: the descriptor is detached from
-gevent and from then on belongs to :class:`flood.streams.Reader`. Every way it can
+gevent and from then on belongs to :class:`flood.reader.Reader`. Every way it can
 fail becomes a ``Closed:`` reason; nothing here raises to the caller.
 """
 
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from gevent import socket
 
 from flood import head
+from flood.reader import Reader
 from flood.sources import bind_source
 from flood.stats import Counters
-from flood.streams import Reader
 from flood.urls import BadUrl, Target, parse_url
 
 #: Receive size while waiting for the head; the head and the welcome chunk fit in one read.

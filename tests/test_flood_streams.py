@@ -1,4 +1,4 @@
-"""flood.worker / flood.streams / flood.sources in-process: held streams cost no greenlet each,
+"""flood.worker / flood.reader / flood.sources in-process: held streams cost no greenlet each,
 source addresses are bound round robin."""
 
 from __future__ import annotations
