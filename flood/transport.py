@@ -23,11 +23,15 @@ Adding another is one class here plus its decoder module, and one line in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flood import head, ws
 from flood.chunked import ChunkedDecoder
 from flood.poll import PollDecoder
 from flood.sse import SseDecoder
-from flood.urls import Destination
+
+if TYPE_CHECKING:  # flood.urls takes each transport's path from here
+    from flood.urls import Destination
 
 
 class NotBuilt(ValueError):
@@ -38,7 +42,7 @@ class StreamTransport:
     """The seed's ``GET /test/<id>``: a chunked body, each chunk one message or tick."""
 
     name = "stream"
-    path = "/test/"       #: the server's path for this transport (bench, flood.urls)
+    path = "/test/"       #: the server's path for this transport (bench, flood.urls read it)
     reads_head = True     #: the connecting greenlet reads and checks the response head
 
     def request(self, dest: Destination) -> bytes:

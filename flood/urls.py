@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, TextIO
 from urllib.parse import urlsplit
 
-#: The server's path for each flood transport (flood.transport has the same, with the code).
-TRANSPORT_PATHS = {"stream": "/test/", "sse": "/events/", "ws": "/ws/", "poll": "/poll/"}
+from flood.transport import TRANSPORTS
+
 #: How many bad lines a :class:`UrlList` keeps verbatim for the error message.
 BAD_EXAMPLES = 5
 
@@ -139,16 +139,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="scheme, host and default port (default %(default)s)")
     parser.add_argument("--ports", help="spread over these ports: 8001-8006 or 8001,8003")
     parser.add_argument("--path", help="path before the id (default: the transport's, /test/)")
-    parser.add_argument("--transport", default="stream",
-                        choices=("stream", "sse", "ws", "poll"),
-                        help="take the path of this transport: /test/, /events/, /ws/, /poll/")
+    parser.add_argument("--transport", default="stream", choices=list(TRANSPORTS),
+                        help="take the path of this transport: "
+                             + ", ".join(t.path for t in TRANSPORTS.values()))
     parser.add_argument("--start", type=int, default=1, help="first id (default 1)")
     args = parser.parse_args(argv)
     if args.n < 0:
         parser.error("N must be >= 0")
     try:
         ports = parse_ports(args.ports) if args.ports else None
-        path = args.path or TRANSPORT_PATHS[args.transport]
+        path = args.path or TRANSPORTS[args.transport].path
         urls = generate(args.n, args.base, ports, path, args.start)
         write_urls(sys.stdout, urls)
     except (ValueError, BadUrl) as exc:
