@@ -5,17 +5,19 @@ is idle, measures, floods ``--connections`` ``/test/`` streams at ``--rate`` thr
 flood processes (:mod:`flood.procs`), holds them, measures again, broadcasts one
 timestamped message and times its fan-out, then prints a table and writes ``--json``
 and a PNG (:mod:`flood.plot`). Memory figures follow DESIGN.md's method
-(:mod:`flood.memory`). It stops every process it started.
+(:mod:`flood.memory`). It stops every process it started. ``--modes on,off`` runs the
+whole bench once per ``--hibernate`` mode and prints the runs side by side.
 
-This module owns the order of a run and the command line. The server under test is
-:mod:`flood.target`'s, the sampled series and progress line :mod:`flood.timeline`'s,
-each measurement :mod:`flood.measure`'s, ``--modes`` :mod:`flood.modes`'s and the
-printed table :mod:`flood.benchtable`'s.
+This module owns the order of a run, the command line and ``--modes``: reading it
+tells what a run does, step by step. The server under test, its sampled series and
+each measurement are :mod:`flood.measure`'s; the wording of everything printed is
+:mod:`flood.benchtable`'s (pure formatting).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import sys
@@ -25,12 +27,11 @@ import time
 import gevent
 
 from comet.hostlimits import FLOOD_FD_MARGIN, processes_needed, raise_open_files_limit
-from flood import benchtable, measure, memory, modes, stats
+from flood import benchtable, measure, memory, stats
+from flood.measure import SAMPLE, ServerUnderTest, Timeline
 from flood.procs import Children
 from flood.report import write_json
 from flood.sources import parse_sources, port_warning
-from flood.target import Target
-from flood.timeline import SAMPLE, Timeline
 from flood.transport import TRANSPORTS
 from flood.urls import generate
 from flood.worker import Plan
@@ -41,8 +42,8 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.target = Target(args)
-        self.timeline = Timeline(self.target, args.connections)
+        self.server = ServerUnderTest(args)
+        self.timeline = Timeline(self.server, args.connections)
         self.result: dict = {}
         self.client_procs = 0
 
@@ -86,10 +87,10 @@ class Bench:
 
     def run(self) -> dict:
         args = self.args
-        target = self.target
+        server = self.server
         out_dir = os.path.dirname(os.path.abspath(args.plot or args.json or "bench-out/x"))
         os.makedirs(out_dir, exist_ok=True)
-        self.result.update(command=["flood.bench", *sys.argv[1:]], transport=args.transport,
+        self.result.update(command=args.command, transport=args.transport,
                            server_args=args.server_args or "", unread=args.unread,
                            date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                            connections_requested=args.connections, rate_requested=args.rate,
@@ -98,40 +99,40 @@ class Bench:
         fd, url_file = tempfile.mkstemp(prefix="bench-urls-", suffix=".txt")
         try:
             if not args.target:
-                self.result["server_command"] = target.start(out_dir)
-            target.wait_healthy()
-            self.result["target"] = target.url
+                self.result["server_command"] = server.start(out_dir)
+            server.wait_healthy()
+            self.result["target"] = server.url
             path = TRANSPORTS[args.transport].path
             with os.fdopen(fd, "w") as fh:
-                fh.writelines(u + "\n" for u in generate(args.connections, target.url,
+                fh.writelines(u + "\n" for u in generate(args.connections, server.url,
                                                           path=path))
-            warning = port_warning({target.url: args.connections},
+            warning = port_warning({server.url: args.connections},
                                    parse_sources(args.source) if args.source else [])
             if warning:
                 self.timeline.log(f"bench: {warning}")
-            target.wait_idle()
-            before = measure.snapshot(target, self.timeline)
+            server.wait_idle()
+            before = measure.snapshot(server, self.timeline)
             children, ready = self.flood(url_file)
             ramp = stats.sum_snapshots(children.snapshots())
             held = self.hold(children)
             if args.unread:
-                self.result["unread"] = measure.fill(target, args.unread_bytes)
+                self.result["unread"] = measure.fill(server, args.unread_bytes)
                 held = self.hold(children)
-            after = measure.snapshot(target, self.timeline)
+            after = measure.snapshot(server, self.timeline)
             fan = None if args.unread else measure.fanout(
-                target, self.timeline, children, held["active"], args.broadcasts,
+                server, self.timeline, children, held["active"], args.broadcasts,
                 args.fanout_timeout)
             self.result.update(measure.figures(before, after, ready, ramp, held, fan,
-                                               target.pids, self.client_procs))
+                                               server.pids, self.client_procs))
             if args.churn:
-                self.result["churn"] = measure.churn(target, children, before,
+                self.result["churn"] = measure.churn(server, children, before,
                                                      args.churn_timeout)
                 children = None
         finally:
             if children is not None:
                 children.stop()
                 children.wait(timeout=30)
-            target.stop()
+            server.stop()
             os.unlink(url_file)
         self.result["series"] = self.timeline.series
         return self.result
@@ -178,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    # the command line as parsed (main's argv, else sys.argv), for the JSON's "command"
+    args.command = ["flood.bench", *argv]
     if args.target and not args.server_pid:
         parser.error("--target needs --server-pid (bench measures that process's memory)")
     if args.connections < 1 or args.rate <= 0 or args.broadcasts < 1:
@@ -208,6 +212,27 @@ def run_one(args: argparse.Namespace) -> dict:
     return result
 
 
+def mode_args(args: argparse.Namespace, mode: str) -> argparse.Namespace:
+    """The arguments of one ``--modes`` run: its ``--hibernate`` flag and ``-MODE`` PNG name."""
+    one = copy.copy(args)
+    one.server_args = f"{args.server_args} --hibernate {mode}".strip()
+    if args.plot:
+        root, ext = os.path.splitext(args.plot)
+        one.plot = f"{root}-{mode}{ext}"
+    return one
+
+
+def compare(args: argparse.Namespace) -> dict:
+    """``--modes``: every mode in the order given, printed side by side; the JSON document.
+
+    Each mode gets a fresh server (its own ``--server-args``) and its own PNG, so one
+    mode's heap never flatters the other's.
+    """
+    runs = {mode: run_one(mode_args(args, mode)) for mode in args.modes}
+    print("\n".join(benchtable.side_by_side(runs)))
+    return {"command": args.command, "date": runs[args.modes[0]]["date"], "modes": runs}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _checked(build_parser(), argv)
     if not args.modes:
@@ -215,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(benchtable.table(result)))
         held = result["held"]
     else:
-        result = modes.compare(args, argv, run_one)
+        result = compare(args)
         held = min(r["held"] for r in result["modes"].values())
     if args.json:
         write_json(args.json, result)

@@ -1,12 +1,21 @@
-"""What ``python -m flood.bench`` prints: one run's figures as rows, several runs side by side.
+"""What ``python -m flood.bench`` prints: the progress line, one run's figures as rows,
+several runs (``--modes``) side by side.
 
-Pure formatting of the JSON document :class:`flood.bench.Bench` builds; the JSON keeps
-every figure unrounded.
+Pure formatting, no I/O: of the samples :class:`flood.measure.Timeline` takes and of the
+JSON document :class:`flood.bench.Bench` builds. The JSON keeps every figure unrounded.
 """
 
 from __future__ import annotations
 
 MB = 1e6
+
+
+def progress(phase: str, total: dict, connections: int, rate: float, row: dict) -> str:
+    """The live line while ramping and holding: the flood's ``total``, the latest ``row``."""
+    return (f"{phase}: {total['active']}/{connections} active, "
+            f"{total['closed']} closed, {rate:.0f} conn/s, server RSS "
+            f"{row['server_rss_bytes'] / MB:.1f} MB, "
+            f"CPU {row['server_cpu_percent']:.0f}%")
 
 
 def rows(r: dict) -> list[tuple[str, str]]:

@@ -2,7 +2,7 @@
 
 This runs in a short-lived greenlet from the flood's pool, so it may block (gevent
 sockets). It ends as soon as the head is accepted: the descriptor is detached from
-gevent and from then on belongs to :class:`flood.streams.Reader`. Every way it can
+gevent and from then on belongs to :class:`flood.reader.Reader`. Every way it can
 fail becomes a ``Closed:`` reason; nothing here raises to the caller.
 """
 
@@ -15,10 +15,10 @@ from collections.abc import Callable
 from gevent import socket
 
 from flood import head
+from flood.reader import Reader
 from flood.sources import bind_source
 from flood.stats import Counters
-from flood.streams import Reader
-from flood.urls import BadUrl, Target, parse_url
+from flood.urls import BadUrl, Destination, parse_url
 
 #: Receive size while waiting for the head; the head and the welcome chunk fit in one read.
 HEAD_READ = 4096
@@ -58,9 +58,9 @@ class Connector:
         counters.pending += 1
         sock = None
         try:
-            target = parse_url(url)
-            request = self.transport.request(target)
-            sock = self._connect(target, source, request)
+            dest = parse_url(url)
+            request = self.transport.request(dest)
+            sock = self._connect(dest, source, request)
             body = self._read_head(sock, request) if self.transport.reads_head else b""
         except (OSError, head.HeadError, BadUrl, UnicodeError) as exc:
             counters.pending -= 1
@@ -75,8 +75,8 @@ class Connector:
         fd = sock.detach()
         self.reader.add(fd, self.transport.decoder(request), url, body)
 
-    def _connect(self, target: Target, source: str | None, request: bytes) -> socket.socket:
-        family, addr = self.resolve(target.host, target.port)
+    def _connect(self, dest: Destination, source: str | None, request: bytes) -> socket.socket:
+        family, addr = self.resolve(dest.host, dest.port)
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             if source:

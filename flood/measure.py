@@ -1,38 +1,206 @@
-"""The measurements of a bench run, taken while the flood holds its connections.
+"""What a bench run measures, and the comet server it measures.
 
-Memory before and after (DESIGN.md's method, :mod:`flood.memory`), the timed
-broadcast fan-out, ``--unread`` filling every socket buffer, ``--churn`` (the
-clients leave and the server should give its memory back), and the
-per-connection figures made from them. Each step returns the JSON fragment it
-adds; the order of the steps belongs to :class:`flood.bench.Bench`.
+:class:`ServerUnderTest` is that server, started on a free port or given by
+``--target``: its process (start, ``/health``, quiet CPU, stop), the pids its memory
+is read from, and the requests bench sends it. :class:`Timeline` samples the flood's
+counts and the server's RSS and CPU every :data:`SAMPLE` seconds (the JSON's
+``series``, the PNG's curves, the progress line). The functions are the measurements
+taken while the flood holds its connections: memory before and after (DESIGN.md's
+method, :mod:`flood.memory`), the timed broadcast fan-out, ``--unread`` filling every
+socket buffer, ``--churn`` (the clients leave; the server should give its memory
+back), and the per-connection figures. Each returns the JSON fragment it adds.
+
+One module because it is one subject: every figure is read from the server's pids or
+asked of its HTTP API, and a measurement waits on the timeline's samples. The order
+of the steps is :class:`flood.bench.Bench`'s; the wording of what is printed,
+:mod:`flood.benchtable`'s.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import shlex
+import socket
 import statistics
+import subprocess
+import sys
 import time
 
 import gevent
+import psutil
 import requests
 
-from flood import latency, memory, stats
+from flood import benchtable, latency, memory, stats
 from flood.procs import Children
-from flood.target import Target
-from flood.timeline import Timeline
+
+#: Seconds between samples while ramping and holding (also the flood's snapshot rate).
+SAMPLE = 0.25
 
 
-def snapshot(target: Target, timeline: Timeline) -> dict:
+def _http(method: str, url: str, data: bytes | None = None, timeout: float = 10.0):
+    """A blocking request run in gevent's thread pool so the flood pipes keep draining."""
+    def call():
+        try:
+            return requests.request(method, url, data=data, timeout=timeout)
+        except requests.RequestException as exc:
+            return exc
+    answer = gevent.get_hub().threadpool.apply(call)
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerUnderTest:
+    """The server under test; :attr:`pids` stays empty until ``--server-pid`` or :meth:`start`."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        #: The server bench started, or None when it measures ``--target``.
+        self.process: subprocess.Popen | None = None
+        #: The processes whose memory and CPU count as the server's.
+        self.pids: list[int] = [args.server_pid] if args.server_pid else []
+        #: Base URL without a trailing slash.
+        self.url = (args.target or "").rstrip("/")
+        #: Where a started server's output goes, named in errors.
+        self.log_path = ""
+
+    def start(self, out_dir: str) -> list[str]:
+        """Start ``comet.server`` with room for the whole flood; the command, for the JSON."""
+        port = self.args.port or _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "comet.server", "--host", "127.0.0.1", "--port", str(port),
+               "--interval", str(self.args.interval),
+               "--max-connections", str(self.args.connections + 100),
+               *shlex.split(self.args.server_args or "")]
+        self.log_path = os.path.join(out_dir, f"bench-server-{port}.log")
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.pids = [self.process.pid]
+        return cmd
+
+    def wait_healthy(self) -> None:
+        """Until /health answers 200: a server just started, or one given by --target."""
+        where = f"see {self.log_path}" if self.process else "is it running?"
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise SystemExit(f"bench: the server exited {self.process.returncode}; {where}")
+            try:
+                if _http("GET", self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            gevent.sleep(0.2)
+        raise SystemExit(f"bench: no /health from {self.url} in 30 s; {where}")
+
+    def stop(self) -> None:
+        """Stop the server bench started; one given by --target is left running."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def stats(self) -> dict | None:
+        """``/stats``, or None: a server too busy to answer must not end the run."""
+        try:
+            return _http("GET", self.url + "/stats", timeout=10).json()
+        except (requests.RequestException, ValueError):
+            return None
+
+    def wait_idle(self) -> None:
+        """Warm the server up (one request of each kind), then wait for quiet CPU."""
+        self.stats()
+        procs = memory.process_tree(self.pids)
+        for proc in procs:
+            proc.cpu_percent(interval=None)  # the first call only starts the clock
+        for _ in range(30):
+            gevent.sleep(0.5)
+            if sum(p.cpu_percent(interval=None) for p in procs) < 10:
+                return
+
+    def post(self, path: str, body: bytes, timeout: float = 10.0) -> requests.Response:
+        """POST to the server (``/broadcast``) without blocking the flood pipes."""
+        return _http("POST", self.url + path, data=body, timeout=timeout)
+
+
+class Timeline:
+    """The rows sampled so far, timed from the start of the run."""
+
+    def __init__(self, server: ServerUnderTest, connections: int) -> None:
+        self.server = server
+        self.connections = connections
+        self.series: list[dict] = []
+        self.t0 = time.time()
+        self.progress = sys.stderr.isatty()
+        self._cpu_procs: list[psutil.Process] = []
+
+    def elapsed(self) -> float:
+        """Seconds since the run began, as every ``t`` in the JSON counts them."""
+        return round(time.time() - self.t0, 3)
+
+    def log(self, text: str) -> None:
+        """A line on stderr that first clears a progress line drawn in place."""
+        sys.stderr.write(("\r\x1b[K" if self.progress else "") + text + "\n")
+        sys.stderr.flush()
+
+    def sample(self, children: Children) -> dict:
+        """Append one row; the flood's summed snapshot, for the caller's own checks."""
+        total = stats.sum_snapshots(children.snapshots())
+        row = {"t": self.elapsed(), "active": total["active"],
+               "closed": total["closed"], "chunks": total["chunks"],
+               "attempted": total["attempted"], "pending": total["pending"],
+               "client_rss_bytes": total["rss_bytes"],
+               "server_rss_bytes": memory.process_memory(self.server.pids,
+                                                         pss=False)["rss_bytes"],
+               "server_cpu_percent": self.server_cpu()}
+        self.series.append(row)
+        return total
+
+    def server_cpu(self) -> float:
+        """CPU % of the server processes since the previous sample (100 = one core)."""
+        if not self._cpu_procs:
+            self._cpu_procs = memory.process_tree(self.server.pids)
+        total = 0.0
+        for proc in self._cpu_procs:
+            try:
+                total += proc.cpu_percent(interval=None)
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def show(self, phase: str, total: dict, rate: float) -> None:
+        """Redraw the progress line on a terminal; elsewhere print it once a second."""
+        text = benchtable.progress(phase, total, self.connections, rate, self.series[-1])
+        if self.progress:
+            sys.stderr.write("\r\x1b[K" + text)
+            sys.stderr.flush()
+        elif int(self.series[-1]["t"] / SAMPLE) % int(1 / SAMPLE) == 0:
+            sys.stderr.write(text + "\n")
+
+
+def snapshot(server: ServerUnderTest, timeline: Timeline) -> dict:
     """Server and kernel memory at one moment, with /stats to say what the server held."""
-    return {"server": memory.process_memory(target.pids), "kernel": memory.kernel(),
-            "server_stats": target.stats(), "t": timeline.elapsed()}
+    return {"server": memory.process_memory(server.pids), "kernel": memory.kernel(),
+            "server_stats": server.stats(), "t": timeline.elapsed()}
 
 
-def fanout(target: Target, timeline: Timeline, children: Children, expected: int,
+def fanout(server: ServerUnderTest, timeline: Timeline, children: Children, expected: int,
            broadcasts: int, timeout: float) -> dict:
     """``--broadcasts`` timed broadcasts, one after another; the median and each."""
     runs = []
     for _ in range(broadcasts):
-        runs.append(broadcast(target, timeline, children, expected, timeout))
+        runs.append(broadcast(server, timeline, children, expected, timeout))
         gevent.sleep(0.2)
     merged = latency.merge([s["hist"] for s in children.snapshots()])
     times = [r["all_received_ms"] for r in runs]
@@ -46,7 +214,7 @@ def fanout(target: Target, timeline: Timeline, children: Children, expected: int
             "broadcasts": runs, "buckets": latency.buckets(merged)}
 
 
-def broadcast(target: Target, timeline: Timeline, children: Children, expected: int,
+def broadcast(server: ServerUnderTest, timeline: Timeline, children: Children, expected: int,
               timeout: float) -> dict:
     """POST /broadcast with a timestamp; wait until every held stream has it."""
     before = latency.merge([s["hist"] for s in children.snapshots()])
@@ -54,7 +222,7 @@ def broadcast(target: Target, timeline: Timeline, children: Children, expected: 
     body = latency.stamp("bench broadcast").encode()
     sent = time.time()
     try:
-        answer = target.post("/broadcast", body, timeout=timeout).json()
+        answer = server.post("/broadcast", body, timeout=timeout).json()
     except (requests.RequestException, ValueError) as exc:
         answer = {"error": str(exc)}
     answered = time.time() - sent
@@ -74,33 +242,33 @@ def broadcast(target: Target, timeline: Timeline, children: Children, expected: 
                                  if span else None)}
 
 
-def fill(target: Target, unread_bytes: int) -> dict:
+def fill(server: ServerUnderTest, unread_bytes: int) -> dict:
     """--unread: send every connection --unread-bytes in 8 KiB broadcasts nobody reads."""
     size = min(8192, unread_bytes)
     sent, answers = 0, []
     while sent < unread_bytes:
         body = latency.stamp("unread " + "x" * size)[:size].encode()
-        answers.append(target.post("/broadcast", body).json())
+        answers.append(server.post("/broadcast", body).json())
         sent += len(body)
     return {"bytes_per_connection": sent, "broadcasts": len(answers),
             "delivered": [a.get("delivered") for a in answers]}
 
 
-def churn(target: Target, children: Children, before: dict, timeout: float) -> dict:
+def churn(server: ServerUnderTest, children: Children, before: dict, timeout: float) -> dict:
     """The clients leave; wait until the server holds nothing, then compare its RSS."""
     left = time.time()
     children.stop()
     children.wait(timeout=30)
     stats_now = None
     while time.time() < left + timeout:
-        stats_now = target.stats()
+        stats_now = server.stats()
         if stats_now and stats_now["connections"]["total"] == 0 \
                 and stats_now.get("timers") == 0:
             break
         gevent.sleep(0.25)
     emptied = time.time() - left
-    target.wait_idle()
-    after = memory.process_memory(target.pids)
+    server.wait_idle()
+    after = memory.process_memory(server.pids)
     rb = before["server"]["rss_bytes"]
     return {"empty": bool(stats_now and stats_now["connections"]["total"] == 0
                           and stats_now.get("timers") == 0),

@@ -73,10 +73,6 @@ class Children:
     def _errors(self, child: Child) -> None:
         child.stderr = child.proc.stderr.read()
 
-    @property
-    def pids(self) -> list[int]:
-        return [c.proc.pid for c in self.children]
-
     def snapshots(self) -> list[dict]:
         return [c.latest for c in self.children if c.latest is not None]
 

@@ -23,11 +23,15 @@ Adding another is one class here plus its decoder module, and one line in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from flood import head, ws
 from flood.chunked import ChunkedDecoder
 from flood.poll import PollDecoder
 from flood.sse import SseDecoder
-from flood.urls import Target
+
+if TYPE_CHECKING:  # flood.urls takes each transport's path from here
+    from flood.urls import Destination
 
 
 class NotBuilt(ValueError):
@@ -38,11 +42,11 @@ class StreamTransport:
     """The seed's ``GET /test/<id>``: a chunked body, each chunk one message or tick."""
 
     name = "stream"
-    path = "/test/"       #: the server's path for this transport (bench, flood.urls)
+    path = "/test/"       #: the server's path for this transport (bench, flood.urls read it)
     reads_head = True     #: the connecting greenlet reads and checks the response head
 
-    def request(self, target: Target) -> bytes:
-        return head.request(target.host, target.port, target.path)
+    def request(self, dest: Destination) -> bytes:
+        return head.request(dest.host, dest.port, dest.path)
 
     def check(self, response: head.Head, request: bytes) -> None:
         head.check_stream(response)
@@ -57,8 +61,8 @@ class SseTransport(StreamTransport):
     name = "sse"
     path = "/events/"
 
-    def request(self, target: Target) -> bytes:
-        return head.request(target.host, target.port, target.path,
+    def request(self, dest: Destination) -> bytes:
+        return head.request(dest.host, dest.port, dest.path,
                             b"Accept: text/event-stream\r\n")
 
     def check(self, response: head.Head, request: bytes) -> None:
@@ -77,8 +81,8 @@ class WsTransport(StreamTransport):
     name = "ws"
     path = "/ws/"
 
-    def request(self, target: Target) -> bytes:
-        return head.request(target.host, target.port, target.path, ws.request_fields())
+    def request(self, dest: Destination) -> bytes:
+        return head.request(dest.host, dest.port, dest.path, ws.request_fields())
 
     def check(self, response: head.Head, request: bytes) -> None:
         ws.check_upgrade(response, request)

@@ -3,7 +3,7 @@
 This module owns the URL file format: one ``http://host[:port]/path`` a line, blank
 lines and ``#`` comments allowed. Reading never raises on a bad line: the line is
 skipped, counted, and the first few are kept so the flood can name them. It knows
-nothing of sockets; a :class:`Target` is what the connecting code needs from a URL.
+nothing of sockets; a :class:`Destination` is what the connecting code needs from a URL.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, TextIO
 from urllib.parse import urlsplit
 
-#: The server's path for each flood transport (flood.transport has the same, with the code).
-TRANSPORT_PATHS = {"stream": "/test/", "sse": "/events/", "ws": "/ws/", "poll": "/poll/"}
+from flood.transport import TRANSPORTS
+
 #: How many bad lines a :class:`UrlList` keeps verbatim for the error message.
 BAD_EXAMPLES = 5
 
 
-class Target(NamedTuple):
+class Destination(NamedTuple):
     """Where one connection goes: parsed once per connection, not kept for the run."""
 
     host: str
@@ -33,7 +33,7 @@ class BadUrl(ValueError):
     """A line that is not an ``http://`` URL we can request."""
 
 
-def parse_url(url: str) -> Target:
+def parse_url(url: str) -> Destination:
     """Split an URL into host, port and request target; why it is bad, if it is."""
     if not url or any(c.isspace() for c in url):
         raise BadUrl("empty or contains whitespace")
@@ -51,7 +51,7 @@ def parse_url(url: str) -> Target:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return Target(parts.hostname, port if port is not None else 80, path)
+    return Destination(parts.hostname, port if port is not None else 80, path)
 
 
 @dataclass
@@ -114,9 +114,9 @@ def parse_ports(spec: str) -> list[int]:
 def generate(n: int, base: str = "http://127.0.0.1:8000", ports: list[int] | None = None,
              path: str = "/test/", start: int = 1) -> Iterable[str]:
     """The seed's URL file, ids ``start..start+n-1``, ports taken round robin."""
-    target = parse_url(base.rstrip("/") + "/")
-    host = f"[{target.host}]" if ":" in target.host else target.host
-    ports = ports or [target.port]
+    dest = parse_url(base.rstrip("/") + "/")
+    host = f"[{dest.host}]" if ":" in dest.host else dest.host
+    ports = ports or [dest.port]
     prefix = "/" + path.strip("/") + "/"
     for i in range(n):
         yield f"http://{host}:{ports[i % len(ports)]}{prefix}{start + i}"
@@ -139,16 +139,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="scheme, host and default port (default %(default)s)")
     parser.add_argument("--ports", help="spread over these ports: 8001-8006 or 8001,8003")
     parser.add_argument("--path", help="path before the id (default: the transport's, /test/)")
-    parser.add_argument("--transport", default="stream",
-                        choices=("stream", "sse", "ws", "poll"),
-                        help="take the path of this transport: /test/, /events/, /ws/, /poll/")
+    parser.add_argument("--transport", default="stream", choices=list(TRANSPORTS),
+                        help="take the path of this transport: "
+                             + ", ".join(t.path for t in TRANSPORTS.values()))
     parser.add_argument("--start", type=int, default=1, help="first id (default 1)")
     args = parser.parse_args(argv)
     if args.n < 0:
         parser.error("N must be >= 0")
     try:
         ports = parse_ports(args.ports) if args.ports else None
-        path = args.path or TRANSPORT_PATHS[args.transport]
+        path = args.path or TRANSPORTS[args.transport].path
         urls = generate(args.n, args.base, ports, path, args.start)
         write_urls(sys.stdout, urls)
     except (ValueError, BadUrl) as exc:

@@ -22,8 +22,8 @@ import gevent.pool
 
 from flood import transport as transports
 from flood.connect import Connector
+from flood.reader import Reader
 from flood.stats import Counters, own_rss
-from flood.streams import Reader
 from flood.urls import load_urls
 
 

@@ -1,7 +1,10 @@
 """Start the real comet server as a process on an ephemeral 127.0.0.1 port.
 
 Tests talk to it over real sockets. The port comes from the server's own
-"serving on" log line, so no port is ever guessed or reused.
+"serving on" log line, so no port is ever guessed or reused. The two requests every
+test module makes of a server, publishing (:func:`post`) and finding a port nobody
+listens on (:func:`free_port`), live here once, with :func:`wait_until` for tests
+that wait on a condition in this process rather than on the server's ``/stats``.
 """
 
 from __future__ import annotations
@@ -9,14 +12,46 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 
+import gevent
 import requests
 
 SERVING = re.compile(r"serving on http://[^:]+:(\d+)/")
+
+
+def post(server: RealServer, path: str, body: bytes = b"msg") -> dict:
+    """Publish (``/send/<id>``, ``/broadcast``) and return the server's JSON answer.
+
+    Every publish in the tests is meant to succeed, so anything but 200 fails here,
+    with the body, instead of as a puzzling KeyError at the caller.
+    """
+    answer = requests.post(server.url + path, data=body, timeout=10)
+    if answer.status_code != 200:
+        raise AssertionError(f"POST {path}: {answer.status_code} {answer.text}")
+    return answer.json()
+
+
+def free_port() -> int:
+    """A port nobody listens on (bound, then released): for a server started on it, or
+    for the unreachable-server case."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(holds, timeout: float = 10.0, what: str = "condition") -> None:
+    """Until ``holds()`` is true, yielding to this process's greenlets (timers, spawned
+    work) between tries: a wait on a condition, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while not holds():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} never held in {timeout} s")
+        gevent.sleep(0.01)
 
 
 class RealServer:

@@ -25,11 +25,10 @@ import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
-import requests
 
 from tests.browser import Chromium, Page
 from tests.forwarder import Forwarder
-from tests.realserver import RealServer
+from tests.realserver import RealServer, post
 
 #: a short reconnection delay (ms) so EventSource comes back quickly after a cut
 SSE_RETRY = ("--sse-retry", "300")
@@ -68,9 +67,7 @@ def forwarder() -> Iterator[Callable[[int], Forwarder]]:
 
 def send(server: RealServer, user: str, text: str) -> dict:
     """POST one message straight to the server; its JSON answer (message id, delivered)."""
-    answer = requests.post(f"{server.url}/send/{user}", data=text.encode(), timeout=10)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
+    return post(server, f"/send/{user}", text.encode())
 
 
 def wait_received(page: Page, expected: list[str], what: str) -> dict:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.test_flood_servers import ROOT, free_port
-
-pytest.importorskip("comet.server", reason="the comet server is not built yet")
+import comet.server  # noqa: F401  (a broken server is a collection error here, never a skip)
+from tests.floodservers import ROOT
+from tests.realserver import free_port
 
 N = 200
 
@@ -116,3 +117,26 @@ def test_bench_unread_clients_leave_data_in_the_socket_buffers(tmp_path):
     assert doc["held"] == 50 and doc["fanout"] is None
     assert doc["unread"]["bytes_per_connection"] >= 16384
     assert doc["unread"]["delivered"] == [50, 50]
+
+
+def test_a_broken_comet_server_fails_this_module_instead_of_skipping_it(tmp_path):
+    """If ``comet.server`` cannot be imported, every bench figure is unmeasured: an error."""
+    (tmp_path / "break_comet_server.py").write_text(
+        "import sys\nsys.modules['comet.server'] = None  # import comet.server now fails\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "break_comet_server", "--collect-only", "-q",
+         "-p", "no:cacheprovider", "tests/test_flood_bench.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert "skipped" not in result.stdout.lower(), result.stdout
+    assert result.returncode == pytest.ExitCode.INTERRUPTED, result.stdout
+    assert "comet.server" in result.stdout
+
+
+def test_bench_records_the_arguments_main_was_given_not_sys_argv(tmp_path):
+    from flood import bench
+    out = tmp_path / "given.json"
+    argv = ["--connections", "20", "--hold", "0.3", "--interval", "1", "--no-plot",
+            "--json", str(out)]
+    assert bench.main(argv) == 0
+    assert json.loads(out.read_text())["command"] == ["flood.bench", *argv]

@@ -1,11 +1,12 @@
-"""``python -m flood`` end to end against real little servers (see test_flood_servers)."""
+"""``python -m flood`` end to end against real little servers (see tests/floodservers.py)."""
 
 from __future__ import annotations
 
 import json
 import re
 
-from tests.test_flood_servers import chunk_server, free_port, run_flood, write_urls
+from tests.floodservers import chunk_server, run_flood, write_urls
+from tests.realserver import free_port
 
 STATS = re.compile(r"^Stats: \{(\d+),(\d+),(\d+)\}$", re.M)
 
@@ -106,7 +107,7 @@ def interrupt_after_first_stats(args: list[str]) -> tuple[int, str]:
 
     import gevent.subprocess
 
-    from tests.test_flood_servers import ROOT
+    from tests.floodservers import ROOT
     proc = gevent.subprocess.Popen([sys.executable, "-m", "flood", *args], cwd=ROOT,
                                    stdout=gevent.subprocess.PIPE, text=True)
     lines = []

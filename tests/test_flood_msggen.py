@@ -9,7 +9,8 @@ import pytest
 
 from flood.ids import Popularity, parse_ids
 from flood.latency import TS_TOKEN
-from tests.test_flood_servers import free_port, publish_server, run_module
+from tests.floodservers import publish_server, run_module
+from tests.realserver import free_port
 
 
 def test_messages_carry_a_timestamp_and_never_exceed_the_rate(tmp_path):
@@ -85,7 +86,7 @@ def test_ctrl_c_stops_the_generator_with_its_totals():
 
     import gevent.subprocess
 
-    from tests.test_flood_servers import ROOT
+    from tests.floodservers import ROOT
     received: list = []
     with publish_server(received) as port:
         proc = gevent.subprocess.Popen(

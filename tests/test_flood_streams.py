@@ -1,4 +1,4 @@
-"""flood.worker / flood.streams / flood.sources in-process: held streams cost no greenlet each,
+"""flood.worker / flood.reader / flood.sources in-process: held streams cost no greenlet each,
 source addresses are bound round robin."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from gevent.server import StreamServer
 
 from flood.sources import parse_sources
 from flood.worker import Flood, Plan
-from tests.test_flood_servers import HEAD, chunk, chunk_server
+from tests.floodservers import HEAD, chunk, chunk_server
 
 
 def live_greenlets() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flood import urls
+from flood.transport import TRANSPORTS
 
 
 def test_generate_writes_the_seeds_urls_one_port_by_default():
@@ -38,6 +39,12 @@ def test_command_line_prints_n_lines(capsys):
     assert len(lines) == 5
     assert lines[0] == "http://127.0.0.1:8001/test/10"
     assert lines[4] == "http://127.0.0.1:8001/test/14"
+
+
+@pytest.mark.parametrize("name", list(TRANSPORTS))
+def test_command_line_transport_takes_the_path_the_flood_requests(capsys, name):
+    assert urls.main(["1", "--transport", name]) == 0
+    assert capsys.readouterr().out == f"http://127.0.0.1:8000{TRANSPORTS[name].path}1\n"
 
 
 def test_parse_url_gives_host_port_and_request_target():

@@ -2,7 +2,6 @@
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -11,14 +10,9 @@ import pytest
 import requests
 
 from tests.chunked import open_stream
+from tests.realserver import free_port
 
 pytest.importorskip("gunicorn")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def gunicorn(*args: str, worker: str = "gevent") -> tuple[subprocess.Popen, int]:

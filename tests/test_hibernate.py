@@ -3,18 +3,12 @@
 import json
 import socket
 
-import gevent
-import requests
 import websocket
 
 from comet.timerwheel import TimerWheel
 from tests.chunked import StrictResponse, open_stream
-from tests.realserver import RealServer
+from tests.realserver import RealServer, post, wait_until
 from tests.sse import open_events
-
-
-def post(server, path, body):
-    return requests.post(server.url + path, data=body, timeout=10).json()
 
 
 class Due:
@@ -37,9 +31,7 @@ def test_timer_wheel_fires_each_turn_and_ends_empty():
     cancelled = Due(wheel, 1)
     wheel.schedule(cancelled, 0.02)
     wheel.cancel(cancelled)
-    while len(wheel):
-        gevent.sleep(0.01)
-    gevent.sleep(0.05)  # the runner's last sleep
+    wait_until(lambda: wheel._runner is None, what="the wheel's runner ended")
     assert [d.fired for d in dues] == [3] * 50 and cancelled.fired == 0
     assert wheel._slots == {} and wheel._runner is None
 

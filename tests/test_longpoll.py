@@ -4,13 +4,11 @@ import threading
 
 import requests
 
+from tests.realserver import post
+
 
 def poll(server, path, **params):
     return requests.get(server.url + path, params=params, timeout=30)
-
-
-def post(server, path, body):
-    return requests.post(server.url + path, data=body, timeout=10).json()
 
 
 def test_answers_at_once_with_messages_after_since(server):

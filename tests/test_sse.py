@@ -2,13 +2,8 @@
 
 import json
 
-import requests
-
+from tests.realserver import post
 from tests.sse import open_events
-
-
-def post(server, path, body):
-    return requests.post(server.url + path, data=body, timeout=10).json()
 
 
 def test_headers_and_retry_hint_arrive_at_once(start_server):

@@ -5,7 +5,7 @@ import socket
 import pytest
 import websocket
 
-from tests.test_sse import post
+from tests.realserver import post
 
 
 def connect(server, path, **kw):

@@ -1,4 +1,4 @@
-"""Held streams, read without a greenlet each: one epoll set and one reader greenlet per process.
+"""The epoll reader: held streams read without a greenlet each, one reader greenlet per process.
 
 Why: a parked greenlet costs about 8 KB here, and the flood's budget is 1 KB per held
 connection. So greenlets only connect and read the response head (:mod:`flood.connect`);

@@ -91,14 +91,6 @@ def chunk_server() -> Iterator[int]:
         server.stop(timeout=1)
 
 
-def free_port() -> int:
-    """A port nobody listens on (bound then released), for the unreachable-server case."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_flood(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run ``python -m flood`` as a real process while this process's hub keeps serving."""
     return gevent.subprocess.run([sys.executable, "-m", "flood", *args], cwd=ROOT,
