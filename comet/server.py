@@ -7,6 +7,7 @@ SIGTERM/SIGINT (stop accepting, end every stream with its final chunk, exit 0).
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import signal
@@ -135,7 +136,12 @@ class CometHandler(WebSocketHandler):
             raise
 
     def read_request(self, raw_requestline: str) -> bool:
-        ok = super().read_request(raw_requestline)
+        try:
+            ok = super().read_request(raw_requestline)
+        except http.client.HTTPException as exc:
+            # http.client's header parser: "got more than 100 headers", "header line too
+            # long"; a client error (400 with a log line), not a traceback.
+            raise ValueError(f"bad header block: {exc}") from None
         defects = getattr(self.headers, "defects", None)
         if defects:
             # e.g. a header line without a colon: pywsgi would drop the rest silently

@@ -86,6 +86,17 @@ def test_huge_headers_are_refused(shared_server):
     assert status_line == b"" or status_line.split()[1] in (b"400", b"431")
 
 
+def test_more_than_100_headers_get_400_and_a_log_line_not_a_traceback(shared_server):
+    start = len(shared_server.lines)
+    headers = b"".join(b"X-%d: v\r\n" % i for i in range(150))
+    status_line = first_status_line(shared_server.port,
+                                    b"GET /stats HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    assert status_line.split()[1] == b"400"
+    wait_until(lambda: any("more than 100 headers" in line
+                           for line in shared_server.lines[start:]), what="the 400's log line")
+    assert "Traceback" not in "\n".join(shared_server.lines[start:])
+
+
 def test_single_enormous_header_is_refused(shared_server):
     status_line = first_status_line(
         shared_server.port, b"GET /stats HTTP/1.1\r\nX-Big: " + b"v" * 100_000 + b"\r\n\r\n")
