@@ -4,7 +4,7 @@ Starts the comet server (or takes ``--target URL --server-pid PID``), waits unti
 is idle, measures, floods ``--connections`` ``/test/`` streams at ``--rate`` through
 flood processes (:mod:`flood.procs`), holds them, measures again, broadcasts one
 timestamped message and times its fan-out, then prints a table and writes ``--json``
-and a PNG (:mod:`flood.plot`). Memory figures follow DESIGN.md's method
+and a PNG (:mod:`flood.plot`). Memory figures follow docs/design.rst's method
 (:mod:`flood.memory`). It stops every process it started. ``--modes on,off`` runs the
 whole bench once per ``--hibernate`` mode and prints the runs side by side.
 

@@ -5,7 +5,7 @@
 is read from, and the requests bench sends it. :class:`Timeline` samples the flood's
 counts and the server's RSS and CPU every :data:`SAMPLE` seconds (the JSON's
 ``series``, the PNG's curves, the progress line). The functions are the measurements
-taken while the flood holds its connections: memory before and after (DESIGN.md's
+taken while the flood holds its connections: memory before and after (docs/design.rst's
 method, :mod:`flood.memory`), the timed broadcast fan-out, ``--unread`` filling every
 socket buffer, ``--churn`` (the clients leave; the server should give its memory
 back), and the per-connection figures. Each returns the JSON fragment it adds.

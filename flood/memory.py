@@ -1,6 +1,6 @@
 """Where the memory of a connection goes: processes (RSS, PSS) and the kernel (slab, sockstat).
 
-DESIGN.md "How memory per connection is measured" is the method; this module only
+docs/design.rst, "How memory per connection is measured", is the method; this module only
 reads the numbers (psutil for processes, /proc for the kernel) so bench can take
 them before and after a flood. On loopback both ends of every connection are in
 the kernel figures, and the machine is shared: other work moves them too.
