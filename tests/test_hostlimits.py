@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from comet import hostlimits
+from tests.procsys import write_tree
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -32,12 +33,7 @@ TUNED = {
 
 def sys_tree(root: Path, changes: dict[str, str | None] | None = None) -> Path:
     """TUNED (with changes; None leaves a file out) as a /proc/sys-like tree under root."""
-    for name, value in {**TUNED, **(changes or {})}.items():
-        if value is not None:
-            path = root / name.replace(".", "/")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(value + "\n")
-    return root
+    return write_tree(root, {**TUNED, **(changes or {})})
 
 
 def in_child(code: str, nofile: tuple[int, int] | None = None) -> object:
@@ -73,6 +69,7 @@ def test_raise_open_files_limit_lifts_the_soft_limit_to_the_hard_one():
     got = in_child("""
         import json, resource
         from comet import hostlimits
+from tests.procsys import write_tree
         print(json.dumps([hostlimits.raise_open_files_limit(),
                           resource.getrlimit(resource.RLIMIT_NOFILE)]))
     """, nofile=(1024, 4096))
@@ -151,6 +148,7 @@ def test_startup_problems_names_open_files_limits_and_the_way_out(tmp_path):
     problems = in_child(f"""
         import json
         from comet import hostlimits
+from tests.procsys import write_tree
         print(json.dumps(hostlimits.startup_problems(5000, 8000, proc_sys={str(tmp_path)!r})))
     """, nofile=(1024, 4096))
     soft, hard = problems

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from comet import capacity, hostlimits, tune
+from tests.procsys import write_tree
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,13 +44,7 @@ TUNED = {
 
 def make_tree(root: Path, changes: dict[str, str | None] | None = None) -> Path:
     """Write TUNED (with changes; None leaves a file out) as a /proc/sys-like tree."""
-    values = {**TUNED, **(changes or {})}
-    for name, value in values.items():
-        if value is not None:
-            path = root / name.replace(".", "/")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(value + "\n")
-    return root
+    return write_tree(root, {**TUNED, **(changes or {})})
 
 
 def run_tune(*args: str, stdin: str = "", nofile: tuple[int, int] | None = None):
