@@ -53,9 +53,9 @@ class Figures:
         return max(self.server_kb.values())
 
 
-#: Measured on this machine (docs/benchmarks.rst, issues 5 and 6): 10,000 idle /test/ connections on a
-#: naive gevent pywsgi server cost 16.9 KB of server RSS each; the kernel's slab grows about
-#: 4 KB per TCP socket. The other transports have not been measured yet.
+#: Measured on this machine (issues 5 and 6; docs/benchmarks.rst has later figures): 10,000
+#: idle /test/ connections on a naive gevent pywsgi server cost 16.9 KB of server RSS each; the
+#: kernel's slab grows about 4 KB per TCP socket. The other transports have not been measured yet.
 DEFAULT_FIGURES = Figures(
     server_kb={"test": 16.9},
     kernel_kb_per_socket=4.0,

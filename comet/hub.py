@@ -122,7 +122,8 @@ class Hub:
     def open(self, conn, ids: Sequence[str], last: str | None = None,
              resume: bool = False) -> Replay | None:
         """Log ``conn`` in as ``ids``; with ``resume``, also what came after ``last``."""
-        new = [id for id in ids if self.router.login(id, conn)]
+        login = self.router.login
+        new = [id for id in ids if login(id, conn)]
         if new:
             self.broker.subscribe(new)
         counters = self.counters

@@ -32,6 +32,9 @@ from comet.life import Life
 class Response:
     """A subscriber's WSGI body; subclasses say how each transport begins and waits."""
 
+    #: one per request, gone once the connection sleeps or ends: slots keep it small
+    __slots__ = ("hub", "framing", "ids", "last", "resume", "sock", "_conn", "_life")
+
     def __init__(self, hub: Hub, framing: Framing, ids: list[str], last: str | None = None,
                  resume: bool = False, sock: Any = None) -> None:
         self.hub = hub
@@ -67,6 +70,8 @@ class Response:
 class StreamResponse(Response):
     """``/test/`` (the seed's chunked lines) and ``/events/`` (Server-Sent Events)."""
 
+    __slots__ = ()
+
     def __iter__(self) -> Iterator[bytes]:
         self._life = plain.stream_life(self._plain(), self.begin)
         return self._life
@@ -78,6 +83,8 @@ class StreamResponse(Response):
 
 class PollResponse(Response):
     """``/poll/<id>?since=``: answered at once from history, or by the next message."""
+
+    __slots__ = ("position",)
 
     def __init__(self, hub: Hub, framing: Framing, ids: list[str], since: str | None) -> None:
         super().__init__(hub, framing, ids, since, resume=since is not None)
@@ -106,6 +113,8 @@ class PollResponse(Response):
 
 class WebSocketResponse(Response):
     """``/ws/<id>`` after gevent-websocket's handshake: messages as text frames."""
+
+    __slots__ = ("ws",)
 
     def __init__(self, hub: Hub, framing: Framing, ids: list[str], ws) -> None:
         super().__init__(hub, framing, ids)
