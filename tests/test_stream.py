@@ -86,8 +86,8 @@ def test_slow_reader_is_dropped_not_buffered(start_server):
             break
     assert delivered[-1] == 0, "the slow reader was never dropped"
     stats = server.wait_for(lambda s: s["connections"]["total"] == 0, what="drop")
-    assert stats["slow_consumers"] == 1 and stats["messages"]["dropped"] >= 5
-    assert "dropping slow consumer slow" in server.log_text()
+    assert stats["slow_consumers"] == 1 and stats["messages"]["dropped"] >= 5, stats
+    assert "dropping slow consumer slow" in server.log_text(), server.log_text()
     sock.close()
 
 
