@@ -69,7 +69,6 @@ def test_raise_open_files_limit_lifts_the_soft_limit_to_the_hard_one():
     got = in_child("""
         import json, resource
         from comet import hostlimits
-from tests.procsys import write_tree
         print(json.dumps([hostlimits.raise_open_files_limit(),
                           resource.getrlimit(resource.RLIMIT_NOFILE)]))
     """, nofile=(1024, 4096))
@@ -148,7 +147,6 @@ def test_startup_problems_names_open_files_limits_and_the_way_out(tmp_path):
     problems = in_child(f"""
         import json
         from comet import hostlimits
-from tests.procsys import write_tree
         print(json.dumps(hostlimits.startup_problems(5000, 8000, proc_sys={str(tmp_path)!r})))
     """, nofile=(1024, 4096))
     soft, hard = problems
