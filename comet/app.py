@@ -39,9 +39,6 @@ log = logging.getLogger(__name__)
 #: environ keys under which servers expose the client socket (ours, gunicorn's)
 SOCKET_KEYS = ("comet.socket", "gunicorn.socket", "gunicorn.sock")
 
-#: environ key set when a WebSocket upgrade was held back for want of room (answered 503)
-NO_ROOM_KEY = "comet.no_room"
-
 #: transports a page on another origin may use when --allow-origin lets it
 CORS_PREFIXES = ("/events/", "/poll/", "/ws/")
 
@@ -183,10 +180,10 @@ class CometApp:
     def websocket(self, environ: dict, respond: StartResponse, path_id: str) -> Iterable[bytes]:
         ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
         ws = environ.get("wsgi.websocket")
-        if ws is None and environ.get(NO_ROOM_KEY):
-            self._admit(environ, "ws")  # refused before the upgrade: 503, counted here once
-            raise BadRequest("503 Service Unavailable", "room came during the handshake; retry",
-                             (("Retry-After", "1"), ("Connection", "close")))
+        if ws is None and environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+            # Not upgraded: held back by refuses_websocket, or a server that cannot
+            # upgrade. A full or stopping server says so (503, counted here once).
+            self._admit(environ, "ws")
         if ws is None:
             raise BadRequest("426 Upgrade Required",
                              "a WebSocket handshake is expected here (and a server that "
@@ -215,10 +212,7 @@ class CometApp:
             ids_of(path_id, environ.get("QUERY_STRING", ""))
         except BadRequest:
             return True
-        if self.hub.room() is None:
-            return False
-        environ[NO_ROOM_KEY] = True
-        return True
+        return self.hub.room() is not None
 
     def shutdown(self) -> int:
         return self.hub.shutdown()
