@@ -71,7 +71,7 @@ class CometHandler(WebSocketHandler):
         """
         if not (self.hibernate and self.request_version == "HTTP/1.1"
                 and hasattr(self.result, "hibernate")):
-            super().process_result()
+            self._write_all()
             return
         conn, first = self.result.hibernate()
         if conn is None:
@@ -85,6 +85,17 @@ class CometHandler(WebSocketHandler):
             conn.finish(CLIENT_GONE)
             raise
         self._hand_over(conn)
+
+    def _write_all(self) -> None:
+        """pywsgi writes the body (the plain life); a write blocked past --write-timeout
+        is the response's to count (it drops its connection) before pywsgi closes it."""
+        try:
+            super().process_result()
+        except TimeoutError:
+            timed_out = getattr(self.result, "write_timed_out", None)
+            if timed_out is not None:
+                timed_out()
+            raise
 
     def run_websocket(self) -> None:
         """The same seam for an upgraded /ws/ request; its handshake is already written.
@@ -160,9 +171,6 @@ class CometHandler(WebSocketHandler):
             # A write blocked past --write-timeout, or a body slower than --read-timeout.
             log.info("closing %s: %s timed out", self._client(),
                      getattr(self, "requestline", "request"))
-            timed_out = getattr(self.result, "write_timed_out", None)
-            if timed_out is not None:
-                timed_out()
             self.close_connection = True
             return
         super().handle_error(t, v, tb)

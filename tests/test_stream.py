@@ -91,6 +91,25 @@ def test_slow_reader_is_dropped_not_buffered(start_server):
     sock.close()
 
 
+def test_a_write_blocked_past_the_write_timeout_drops_the_reader_in_both_lives(start_server):
+    server = start_server("--interval", "60", "--queue-limit", "1000", "--write-timeout", "1")
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(b"GET /test/stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+    server.wait_for(lambda s: s["connections"]["total"] == 1, what="stream open")
+    big = b"x" * 60000
+    for _ in range(100):  # the client reads nothing: the kernel's buffers fill, then writes block
+        if post(server, "/send/stuck", big)["delivered"] == 0:
+            break
+        if server.stats()["drops"]:
+            break
+    stats = server.wait_for(lambda s: s["connections"]["total"] == 0, what="the drop")
+    assert stats["drops"] == {"write timed out": 1}, stats
+    assert stats["slow_consumers"] == 0, "a write timeout is not a full queue"
+    assert stats["ends"] == {"write timed out": 1}, stats
+    sock.close()
+
+
 def test_head_answers_headers_only(server):
     answer = requests.head(server.url + "/test/foo", timeout=10)
     assert answer.status_code == 200 and answer.content == b""

@@ -99,3 +99,16 @@ def test_upgrade_at_capacity_gets_503_with_retry_after_and_is_counted(start_serv
     assert b"at capacity" in refused.value.resp_body
     assert server.stats()["refused"] == 1
     held.close()
+
+
+def test_a_write_blocked_past_the_write_timeout_drops_the_websocket(start_server):
+    server = start_server("--queue-limit", "1000", "--write-timeout", "1")
+    ws = connect(server, "/ws/stuck", sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
+    big = b"y" * 60000
+    for _ in range(100):  # never read: the kernel's buffers fill, then writes block
+        if post(server, "/send/stuck", big)["delivered"] == 0 or server.stats()["drops"]:
+            break
+    stats = server.wait_for(lambda s: s["connections"]["total"] == 0, what="the drop")
+    assert stats["drops"] == {"write timed out": 1}, stats
+    assert stats["slow_consumers"] == 0
+    ws.close()
