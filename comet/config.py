@@ -96,6 +96,8 @@ SETTINGS: tuple[Setting, ...] = (
             "messages queued per connection at most; a reader that falls further "
             "behind is dropped as a slow consumer"),
     Setting("max_message", positive_int, 64 * 1024, "bytes in a published message at most (413)"),
+    Setting("max_batch", positive_int, 1024 * 1024,
+            "bytes in one batch publish (POST /send, newline-delimited JSON) at most (413)"),
     Setting("publish_key", text_or_none, None,
             "bearer key that lets non-loopback clients publish (and that loopback "
             "clients must give if they send one)"),

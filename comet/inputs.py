@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import re
 from urllib.parse import parse_qs
 
@@ -114,3 +115,56 @@ def last_event_id(environ: dict, header: str | None = "HTTP_LAST_EVENT_ID",
     if value is not None and (len(value) > 128 or not value.isprintable()):
         raise BadRequest("400 Bad Request", f"bad {param}: at most 128 printable characters")
     return value or None
+
+
+#: media types a batch publish (``POST /send``) may declare: newline-delimited JSON
+BATCH_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-seq")
+
+
+def check_batch_type(environ: dict) -> None:
+    """A batch is newline-delimited JSON, said so; anything else is a 415."""
+    declared = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    if declared not in BATCH_TYPES:
+        raise BadRequest("415 Unsupported Media Type",
+                         f"POST /send takes Content-Type: application/x-ndjson, "
+                         f"not {declared[:40]!r}: one {{\"id\", \"message\"}} a line "
+                         "(or POST /send/<id> with the message as the body)")
+
+
+def parse_batch(body: bytes, max_message: int) -> list[tuple[str, bytes]]:
+    """``(id, message)`` of every line of a batch, all checked before any is published.
+
+    Each non-blank line is a JSON object ``{"id": "...", "message": "..."}``; the
+    message is text (sent as UTF-8), 1 to ``max_message`` bytes. The first bad
+    line refuses the whole batch with a 400 that names it (all or nothing).
+    """
+    found = []
+    for number, line in enumerate(body.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except (ValueError, RecursionError) as exc:  # bad JSON or bytes; nesting too deep
+            raise _bad_line(number, f"not JSON ({exc.__class__.__name__})") from None
+        if not isinstance(item, dict) or set(item) != {"id", "message"}:
+            raise _bad_line(number, 'not an object of exactly "id" and "message"')
+        id, message = item["id"], item["message"]
+        if not isinstance(id, str) or not ID_PATTERN.fullmatch(id):
+            raise _bad_line(number, "bad id: 1 to 128 of A-Z a-z 0-9 _ . : -")
+        if not isinstance(message, str) or not message:
+            raise _bad_line(number, "message must be a non-empty string")
+        try:
+            data = message.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escaped in the JSON ("\\ud800")
+            raise _bad_line(number, "message is not Unicode text") from None
+        if len(data) > max_message:
+            raise _bad_line(number, f"message of {len(data)} bytes is over the "
+                                    f"{max_message} byte limit")
+        found.append((id, data))
+    if not found:
+        raise BadRequest("400 Bad Request", "empty batch: one {\"id\", \"message\"} a line")
+    return found
+
+
+def _bad_line(number: int, why: str) -> BadRequest:
+    return BadRequest("400 Bad Request", f"line {number}: {why}; nothing was published")

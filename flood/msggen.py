@@ -1,7 +1,8 @@
 """``python -m flood.msggen``: the series' part 2 message generator.
 
 Sends ``POST /send/<id>`` at a target rate to ids drawn by popularity (:mod:`flood.ids`),
-over keep-alive HTTP (one ``requests.Session`` per sender thread). Every message
+over keep-alive HTTP (one ``requests.Session`` per sender thread); with ``--batch N``,
+up to N due messages go in one ``POST /send`` (newline-delimited JSON). Every message
 carries its send time (``ts=...``, :func:`flood.latency.stamp`) so a flood reading the
 streams measures delivery latency. It reports sent/s, errors by kind and what the
 server answered (how many connections each message reached).
@@ -15,6 +16,7 @@ achieved rate says so. Ids map to ports as :mod:`flood.urls` spreads them, so
 from __future__ import annotations
 
 import argparse
+import json
 import queue
 import signal
 import sys
@@ -54,7 +56,7 @@ class Generator:
 
     def __init__(self, base: str, ids: list[str], rate: float, skew: float = 0.0,
                  ports: list[int] | None = None, concurrency: int = 16, timeout: float = 5.0,
-                 seed: int | None = None, text: str = "msg") -> None:
+                 seed: int | None = None, text: str = "msg", batch: int = 1) -> None:
         target = parse_url(base.rstrip("/") + "/")
         self.host = f"[{target.host}]" if ":" in target.host else target.host
         self.ports = ports or [target.port]
@@ -65,14 +67,15 @@ class Generator:
         self.concurrency = concurrency
         self.timeout = timeout
         self.text = text
+        #: messages one request may carry: 1 sends POST /send/<id>, more a POST /send batch
+        self.batch = batch
         self.tally = Tally()
         self.stopped = threading.Event()
-        self._queue: queue.Queue = queue.Queue(maxsize=concurrency * 2)
+        self._queue: queue.Queue = queue.Queue(maxsize=concurrency * 2 * batch)
 
     def url_for(self, ident: str) -> str:
-        """Same id-to-port spread as ``flood.urls --ports``: rank modulo the port count."""
-        port = self.ports[self.index[ident] % len(self.ports)]
-        return f"http://{self.host}:{port}/send/{ident}"
+        """Where one message to ``ident`` is posted (``POST /send/<id>``)."""
+        return f"http://{self.host}:{self.port_of(ident)}/send/{ident}"
 
     def _pace(self, duration: float | None) -> None:
         start = time.time()
@@ -91,33 +94,66 @@ class Generator:
         for _ in range(self.concurrency):
             self._queue.put(None)
 
+    def port_of(self, ident: str) -> int:
+        """Same id-to-port spread as ``flood.urls --ports``: rank modulo the port count."""
+        return self.ports[self.index[ident] % len(self.ports)]
+
+    def _due(self) -> list | None:
+        """The next due message, and with ``--batch`` those already due behind it."""
+        item = self._queue.get()
+        if item is None:
+            return None
+        items = [item]
+        while len(items) < self.batch:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                self._queue.put(None)  # the end: for this thread's next turn
+                break
+            items.append(more)
+        return items
+
     def _send_loop(self) -> None:
         session = requests.Session()
-        tally = self.tally
-        while True:
-            item = self._queue.get()
-            if item is None:
-                break
-            k, ident = item
-            body = stamp(f"{self.text} {k} to {ident}")
-            try:
-                resp = session.post(self.url_for(ident), data=body.encode(), timeout=self.timeout)
-                status, answer = resp.status_code, _json_or_none(resp)
-                kind = None if resp.ok else f"HTTP {status}"
-            except requests.RequestException as exc:
-                status, answer, kind = None, None, _kind(exc)
-            with tally.lock:
-                tally.sent += 1
-                if status is not None:
-                    tally.statuses[str(status)] += 1
-                if kind is None:
-                    tally.ok += 1
-                    if isinstance(answer, dict):
-                        tally.delivered += int(answer.get("delivered", 0) or 0)
-                else:
-                    tally.errors += 1
-                    tally.error_kinds[kind] += 1
+        while (items := self._due()) is not None:
+            if self.batch == 1:
+                k, ident = items[0]
+                self._send(session, self.url_for(ident),
+                           stamp(f"{self.text} {k} to {ident}").encode(), {}, 1)
+                continue
+            by_port: dict[int, list] = {}
+            for k, ident in items:
+                by_port.setdefault(self.port_of(ident), []).append((k, ident))
+            for port, group in by_port.items():
+                body = b"".join(json.dumps({"id": ident, "message": stamp(
+                    f"{self.text} {k} to {ident}")}).encode() + b"\n" for k, ident in group)
+                self._send(session, f"http://{self.host}:{port}/send", body,
+                           {"Content-Type": "application/x-ndjson"}, len(group))
         session.close()
+
+    def _send(self, session: requests.Session, url: str, body: bytes, headers: dict,
+              count: int) -> None:
+        """One request carrying ``count`` messages; the tally counts messages."""
+        try:
+            resp = session.post(url, data=body, headers=headers, timeout=self.timeout)
+            status, answer = resp.status_code, _json_or_none(resp)
+            kind = None if resp.ok else f"HTTP {status}"
+        except requests.RequestException as exc:
+            status, answer, kind = None, None, _kind(exc)
+        tally = self.tally
+        with tally.lock:
+            tally.sent += count
+            if status is not None:
+                tally.statuses[str(status)] += count
+            if kind is None:
+                tally.ok += count
+                if isinstance(answer, dict):
+                    tally.delivered += int(answer.get("delivered", 0) or 0)
+            else:
+                tally.errors += count
+                tally.error_kinds[kind] += count
 
     def run(self, duration: float | None, report: float, out=print) -> dict:
         """Send until ``duration`` ends or :meth:`stop`; print a line every ``report`` s."""
@@ -183,16 +219,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=float, default=1.0, help="seconds between lines (default 1)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
     p.add_argument("--seed", type=int, help="random seed, for a repeatable id sequence")
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="messages per request: up to N due ones in one POST /send, "
+                        "newline-delimited JSON (default 1: POST /send/<id> each)")
     p.add_argument("--json", metavar="FILE", help="write the totals here")
     args = p.parse_args(argv)
-    if args.rate <= 0 or args.concurrency < 1 or args.report <= 0:
-        p.error("--rate, --concurrency and --report must be positive")
+    if args.rate <= 0 or args.concurrency < 1 or args.report <= 0 or args.batch < 1:
+        p.error("--rate, --concurrency, --report and --batch must be positive")
     if args.duration is not None and args.duration <= 0:
         p.error("--duration must be positive")
     try:
         gen = Generator(args.base, parse_ids(args.ids), args.rate, args.skew,
                         parse_ports(args.ports) if args.ports else None,
-                        args.concurrency, args.timeout, args.seed)
+                        args.concurrency, args.timeout, args.seed, batch=args.batch)
     except (ValueError, BadUrl) as exc:
         p.error(str(exc))
     # Ctrl-C: stop pacing; the senders finish what is queued, then the totals print

@@ -104,22 +104,33 @@ def write_urls(tmp_path: Path, port: int, paths: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def publish_server(received: list) -> Iterator[int]:
-    """``POST /send/<id>`` answered as comet does (``{"id", "delivered": 1}``); ids that
-    start with ``bad`` get a 500, so the generator's error accounting can be seen."""
+def publish_server(received: list, requests: list | None = None) -> Iterator[int]:
+    """``POST /send/<id>`` answered as comet does (``{"id", "delivered": 1}``), and
+    ``POST /send`` batches (``{"accepted", "delivered"}``); ids that start with ``bad``
+    get a 500, so the generator's error accounting can be seen. Each message lands in
+    ``received``; each request's path in ``requests`` when given."""
     import json
 
     from gevent.pywsgi import WSGIServer
 
     def app(environ, start_response):
-        ident = environ["PATH_INFO"].rsplit("/", 1)[-1]
+        path = environ["PATH_INFO"]
         body = environ["wsgi.input"].read()
-        if ident.startswith("bad"):
+        if requests is not None:
+            requests.append(path)
+        if path == "/send":
+            batch = [json.loads(line) for line in body.splitlines() if line.strip()]
+            items = [(item["id"], item["message"].encode()) for item in batch]
+        else:
+            items = [(path.rsplit("/", 1)[-1], body)]
+        if any(ident.startswith("bad") for ident, _ in items):
             start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
             return [b"no\n"]
-        received.append((ident, body))
+        received.extend(items)
         start_response("200 OK", [("Content-Type", "application/json")])
-        return [json.dumps({"id": ident, "delivered": 1}).encode()]
+        answer = ({"accepted": len(items), "delivered": len(items)} if path == "/send"
+                  else {"id": items[0][0], "delivered": 1})
+        return [json.dumps(answer).encode()]
 
     server = WSGIServer(("127.0.0.1", 0), app, log=None)
     server.start()

@@ -99,3 +99,29 @@ def test_ctrl_c_stops_the_generator_with_its_totals():
     assert first.startswith("Sent:")
     assert proc.returncode == 0
     assert "Total:" in rest
+
+
+def test_batch_sends_many_messages_per_request_as_newline_delimited_json(tmp_path):
+    received: list = []
+    paths: list = []
+    out = tmp_path / "msggen.json"
+    with publish_server(received, paths) as port:
+        result = run_module("flood.msggen", "--base", f"http://127.0.0.1:{port}",
+                            "--ids", "1-20", "--rate", "400", "--duration", "1",
+                            "--concurrency", "2", "--batch", "50", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    totals = json.loads(out.read_text())["result"]
+    assert totals["sent"] == totals["ok"] == len(received) == totals["delivered"] > 0
+    assert set(paths) == {"/send"} and len(paths) < totals["sent"]
+    assert all(TS_TOKEN.search(body) for _, body in received)
+
+
+def test_batch_against_the_real_server_is_all_accepted(start_server, tmp_path):
+    server = start_server()
+    out = tmp_path / "msggen.json"
+    result = run_module("flood.msggen", "--base", server.url, "--ids", "1-30", "--rate", "300",
+                        "--duration", "0.5", "--batch", "20", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    totals = json.loads(out.read_text())["result"]
+    assert totals["errors"] == 0 and totals["statuses"] == {"200": totals["sent"]}
+    assert server.stats()["messages"]["in"] == totals["sent"] > 0
