@@ -72,12 +72,19 @@ def test_abrupt_disconnect_logs_out(server):
     assert stats["ids"] == 0
 
 
-def test_slow_reader_is_dropped_not_buffered(start_server):
-    server = start_server("--interval", "60", "--queue-limit", "4", "--write-timeout", "600")
+def unread_stream(server, id: str) -> socket.socket:
+    """A /test/ stream whose client reads nothing (a small receive buffer): its
+    server-side writes soon block."""
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.sendall(b"GET /test/slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(b"GET /test/%s HTTP/1.1\r\nHost: x\r\n\r\n" % id.encode())
     server.wait_for(lambda s: s["connections"]["total"] == 1, what="stream open")
+    return sock
+
+
+def test_slow_reader_is_dropped_not_buffered(start_server):
+    server = start_server("--interval", "60", "--queue-limit", "4", "--write-timeout", "600")
+    sock = unread_stream(server, "slow")
     big = b"x" * 60000
     delivered = []
     for _ in range(200):  # the client reads nothing: kernel buffers fill, then the queue
@@ -93,10 +100,7 @@ def test_slow_reader_is_dropped_not_buffered(start_server):
 
 def test_a_write_blocked_past_the_write_timeout_drops_the_reader_in_both_lives(start_server):
     server = start_server("--interval", "60", "--queue-limit", "1000", "--write-timeout", "1")
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.sendall(b"GET /test/stuck HTTP/1.1\r\nHost: x\r\n\r\n")
-    server.wait_for(lambda s: s["connections"]["total"] == 1, what="stream open")
+    sock = unread_stream(server, "stuck")
     big = b"x" * 60000
     for _ in range(100):  # the client reads nothing: the kernel's buffers fill, then writes block
         if post(server, "/send/stuck", big)["delivered"] == 0:
