@@ -1,6 +1,9 @@
+from collections.abc import Iterator
+
 import pytest
 
 from tests.realserver import RealServer
+from tests.redisservers import RedisServer, redis_binary_or_skip
 
 
 @pytest.fixture(params=["on", "off"], ids=["hibernate", "plain"])
@@ -26,3 +29,13 @@ def start_server(request):
     yield start
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh, empty redis-server of this test's own (one starts in ~20 ms), stopped
+    after it even when it fails."""
+    redis_binary_or_skip("redis-server")
+    with RedisServer() as srv:
+        yield srv
+
