@@ -3,7 +3,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.realserver import RealServer
-from tests.redisservers import RedisServer, redis_binary_or_skip
+from tests.redisservers import RedisCluster, RedisServer, redis_binary_or_skip
 
 
 @pytest.fixture(params=["on", "off"], ids=["hibernate", "plain"])
@@ -39,3 +39,19 @@ def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as srv:
         yield srv
 
+
+@pytest.fixture(scope="session")
+def redis_cluster_session() -> Iterator[RedisCluster]:
+    """One three-node Redis Cluster for the whole run: creating one takes ~2 s."""
+    redis_binary_or_skip("redis-server", "redis-cli")
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session: RedisCluster) -> RedisCluster:
+    """The session's cluster, reset for this test: empty (FLUSHALL on every node), every
+    node running, every slot where the cluster was created. Reset before the test, not
+    after, so whatever the last test left (a failure midway included) is undone."""
+    redis_cluster_session.reset()
+    return redis_cluster_session

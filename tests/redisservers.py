@@ -1,17 +1,18 @@
-"""Real ``redis-server`` processes for the tests.
+"""Real ``redis-server`` processes for the tests: one server, or a three-node Redis Cluster.
 
 A broker spanning processes is only as good as its behaviour when Redis restarts,
 stalls, loses its data or moves a slot, and no fake shows that; so the tests start
 Debian's ``redis-server`` themselves, never a system service: on free 127.0.0.1
 ports, in a temp dir of their own, with persistence off (a restart is a Redis that
-lost its data), stopped by pid.
+lost its data), stopped by pid. A cluster is three such nodes joined by
+``redis-cli --cluster create``, as an operator would.
 
 Redis cannot listen on port 0 (``--port 0`` means "no TCP at all"), so a port is
 picked by binding and releasing a socket, and taken again if another process won it
 in between. Every child started here is also killed at exit (``atexit``), so not
 even an interrupted run leaves a Redis behind.
 
-Without ``redis-server`` (or redis-py) :func:`redis_binary_or_skip`
+Without ``redis-server`` (or ``redis-cli``, or redis-py) :func:`redis_binary_or_skip`
 skips the test, except under ``CI=true`` where it fails: CI installs them.
 """
 
@@ -35,6 +36,7 @@ except ImportError:  # redis_binary_or_skip says so; the rest of the suite still
     redis = None
 
 HOST = "127.0.0.1"
+SLOTS = 16384
 #: how many free ports to try before giving up on a start (others take ports too)
 PORT_ATTEMPTS = 5
 
@@ -77,7 +79,7 @@ def retries(count: int = 0) -> redis.retry.Retry:
 
 def free_ports(count: int) -> list[int]:
     """``count`` distinct ports nobody listens on: all bound at once, then released, so
-    two of them are never the same port."""
+    two of them are never the same port (a server and its cluster bus need two)."""
     socks = [socket.socket() for _ in range(count)]
     try:
         for sock in socks:
@@ -97,16 +99,24 @@ def _wait(holds, timeout: float, what: str) -> None:
 
 
 class RedisServer:
-    """One ``redis-server`` on 127.0.0.1, its temp dir, its log; stopped by pid."""
+    """One ``redis-server`` on 127.0.0.1, its temp dir, its log; stopped by pid.
+
+    ``cluster=True`` makes it a cluster node (a second port for the cluster bus and
+    ``nodes.conf`` in its dir); :class:`RedisCluster` joins three of them.
+    """
 
     def __init__(self, *args: str, password: str | None = None, unixsocket: bool = False,
-                 port: int | None = None) -> None:
+                 port: int | None = None, cluster: bool = False,
+                 cluster_node_timeout: int = 2000) -> None:
         self.args = args
         self.password = password
         self.unixsocket = unixsocket
+        self.cluster = cluster
+        self.cluster_node_timeout = cluster_node_timeout
         #: a port asked for is tried once; otherwise free ones are picked, retried if taken
         self.fixed_port = port
         self.port: int | None = None
+        self.bus_port: int | None = None
         self.dir: Path | None = None
         self.proc: subprocess.Popen | None = None
         self.paused = False
@@ -119,13 +129,16 @@ class RedisServer:
         attempts = 1 if self.fixed_port else PORT_ATTEMPTS
         try:
             for attempt in range(attempts):
+                ports = free_ports(2)
+                port = self.fixed_port or ports[0]
+                bus_port = ports[1] if port != ports[1] else ports[0]
                 try:
-                    self._launch(self.fixed_port or free_ports(1)[0], timeout)
+                    self._launch(port, bus_port, timeout)
                     return self
                 except PortTaken:
                     if attempt == attempts - 1:
                         raise
-                    self._clear_dir()
+                    self._clear_dir()   # a half-written nodes.conf names the lost ports
         except BaseException:
             self.stop()
             raise
@@ -146,10 +159,11 @@ class RedisServer:
         self._reap(10)
 
     def restart(self, timeout: float = 10.0) -> RedisServer:
-        """Stop and start again on the same port: with persistence off the new process
-        is empty, which is what a test of "Redis lost its data" needs."""
+        """Stop and start again on the same port (and bus port): with persistence off the
+        new process is empty, which is what a test of "Redis lost its data" needs; a
+        cluster node keeps its ``nodes.conf`` and so its slots."""
         self._halt(timeout)
-        self._launch(self.port, timeout)
+        self._launch(self.port, self.bus_port, timeout)
         return self
 
     def pause(self) -> None:
@@ -213,7 +227,7 @@ class RedisServer:
 
     # -- inside -------------------------------------------------------------------------
 
-    def _command(self, port: int) -> list[str]:
+    def _command(self, port: int, bus_port: int) -> list[str]:
         command = ["redis-server", "--bind", HOST, "--port", str(port), "--dir", str(self.dir),
                    "--logfile", "redis.log", "--daemonize", "no", "--save", "",
                    "--appendonly", "no"]
@@ -221,12 +235,18 @@ class RedisServer:
             command += ["--requirepass", self.password]
         if self.unixsocket:
             command += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        if self.cluster:
+            # cluster-port (Redis 7) names the bus port, so it need not be port + 10000,
+            # which is often past 65535 for an ephemeral port
+            command += ["--cluster-enabled", "yes", "--cluster-port", str(bus_port),
+                        "--cluster-config-file", "nodes.conf",
+                        "--cluster-node-timeout", str(self.cluster_node_timeout)]
         return [*command, *self.args]
 
-    def _launch(self, port: int, timeout: float) -> None:
-        self.port = port
+    def _launch(self, port: int, bus_port: int, timeout: float) -> None:
+        self.port, self.bus_port = port, bus_port
         with open(self.dir / "console.log", "ab") as console:
-            self.proc = subprocess.Popen(self._command(port), cwd=self.dir,
+            self.proc = subprocess.Popen(self._command(port, bus_port), cwd=self.dir,
                                          stdin=subprocess.DEVNULL, stdout=console,
                                          stderr=subprocess.STDOUT)
         _RUNNING[self.proc.pid] = self.proc
@@ -240,7 +260,7 @@ class RedisServer:
                     self._reap(1)
                     log = self.log_text()
                     if "Address already in use" in log:
-                        raise PortTaken(f"port {port} taken:\n{log[-600:]}")
+                        raise PortTaken(f"port {port} or {bus_port} taken:\n{log[-600:]}")
                     raise RuntimeError(f"redis-server exited at start:\n{log[-2000:]}")
                 if time.monotonic() > deadline:
                     self._halt(5)
@@ -281,6 +301,180 @@ class RedisServer:
     def _clear_dir(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir()
+
+
+class RedisCluster:
+    """Three (``size``) cluster nodes on free ports, joined by ``redis-cli --cluster
+    create`` with no replicas: every node a master of about a third of the slots.
+
+    Creating one takes about two seconds (``redis-cli`` waits a second at a time for
+    the nodes to agree), so a session shares one and :meth:`reset` returns it to the
+    layout it was created with, empty, between tests.
+    """
+
+    def __init__(self, size: int = 3, node_timeout: int = 2000) -> None:
+        self.nodes = [RedisServer(cluster=True, cluster_node_timeout=node_timeout)
+                      for _ in range(size)]
+        #: node ids, in the order of ``nodes``
+        self.ids: list[str] = []
+        #: the owner id of every slot just after creation, which :meth:`reset` restores
+        self.layout: list[str] = []
+        self._clients: dict[int, redis.Redis] = {}
+
+    def start(self, timeout: float = 30.0) -> RedisCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            create = subprocess.run(
+                ["redis-cli", "--cluster", "create", *(f"{HOST}:{n.port}" for n in self.nodes),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+            if create.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed:\n{create.stdout}"
+                                   f"{create.stderr}")
+            self.ids = [self._admin(i).execute_command("CLUSTER MYID").decode()
+                        for i in range(len(self.nodes))]
+            self.wait_ok(timeout)
+            self.layout = self.owners()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    @property
+    def startup_nodes(self) -> list:
+        return [redis.cluster.ClusterNode(HOST, node.port) for node in self.nodes]
+
+    def client(self, **kwargs) -> redis.RedisCluster:
+        """A redis-py cluster client that knows every node."""
+        return redis.RedisCluster(startup_nodes=self.startup_nodes, **kwargs)
+
+    def owners(self, index: int = 0) -> list[str]:
+        """The owner id of every slot, as node ``index`` sees it."""
+        return _parse_nodes(self.raw(index, "CLUSTER NODES"))[0]
+
+    def slot_owner(self, slot: int) -> int:
+        """The index in ``nodes`` of the node serving ``slot``."""
+        return self.ids.index(self.owners()[slot])
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every node says ``cluster_state:ok`` and all see the same owners: before
+        that a client may be sent to a node that still disagrees."""
+        def agreed() -> bool:
+            if not all("cluster_state:ok" in self.raw(i, "CLUSTER INFO")
+                       for i in range(len(self.nodes))):
+                return False
+            views = [self.owners(i) for i in range(len(self.nodes))]
+            return all(view == views[0] and None not in view for view in views)
+        _wait(agreed, timeout, "every cluster node ok and agreeing on the slots")
+
+    def move_slot(self, slot: int, to: int, timeout: float = 30.0) -> None:
+        """Move ``slot`` and its keys to node ``to``, the way ``redis-cli --cluster
+        reshard`` does: IMPORTING on the target, MIGRATING on the source, MIGRATE the
+        keys in batches, then SETSLOT NODE on the target, the source and the rest.
+        After it the source answers MOVED for the slot's keys."""
+        source = self.slot_owner(slot)
+        if source == to:
+            return
+        src, dst = self._admin(source), self._admin(to)
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", self.ids[source])
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", self.ids[to])
+        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", HOST, self.nodes[to].port, "", 0, 5000,
+                                "KEYS", *keys)
+        others = [i for i in range(len(self.nodes)) if i not in (source, to)]
+        for index in (to, source, *others):
+            self._admin(index).execute_command("CLUSTER SETSLOT", slot, "NODE", self.ids[to])
+        _wait(lambda: all(self.owners(i)[slot] == self.ids[to]
+                          for i in range(len(self.nodes))),
+              timeout, f"every node seeing slot {slot} on node {to}")
+
+    def flushall(self) -> None:
+        for index in range(len(self.nodes)):
+            self._admin(index).flushall()
+
+    def reset(self, timeout: float = 30.0) -> None:
+        """Back to just after creation, whatever the last test did: dead nodes restarted
+        (their ``nodes.conf`` keeps their slots), paused ones resumed, every key gone,
+        half-done migrations closed, moved slots moved back. A node stopped outright
+        lost its dir and ``nodes.conf``: then the cluster is created anew."""
+        if any(node.dir is None for node in self.nodes):
+            self.stop()
+            self.start(timeout)
+            return
+        for node in self.nodes:
+            if node.paused:
+                node.resume()
+            if not node.alive:
+                node.restart()
+        self.wait_ok(timeout)
+        self.flushall()
+        for index in range(len(self.nodes)):
+            for slot in _parse_nodes(self.raw(index, "CLUSTER NODES"))[1]:
+                self._admin(index).execute_command("CLUSTER SETSLOT", slot, "STABLE")
+        for slot, (now, then) in enumerate(zip(self.owners(), self.layout, strict=True)):
+            if now != then:
+                self.move_slot(slot, self.ids.index(then), timeout)
+
+    def _admin(self, index: int) -> redis.Redis:
+        """Node ``index``'s own client (not a cluster client: these commands are for
+        that node); kept, since a node keeps its port across restarts."""
+        if index not in self._clients:
+            # one retry: the pooled connection of a node restarted since is dead
+            client = redis.Redis(host=HOST, port=self.nodes[index].port, socket_timeout=10,
+                                 retry=retries(1))
+            # CLUSTER INFO and NODES as the text Redis sends: redis-py's parsed forms
+            # have changed between versions, the text has not
+            for command in ("CLUSTER INFO", "CLUSTER NODES"):
+                client.set_response_callback(command, lambda response, **options: response)
+            self._clients[index] = client
+        return self._clients[index]
+
+    def raw(self, index: int, command: str) -> str:
+        """Node ``index``'s answer to ``CLUSTER INFO`` or ``CLUSTER NODES``, as text."""
+        return self._admin(index).execute_command(command).decode()
+
+
+def _parse_nodes(text: str) -> tuple[list[str | None], set[int]]:
+    """From ``CLUSTER NODES``: every slot's owner id (None: unassigned) and the slots
+    the node asked has open for migration (``[slot->-id]``, ``[slot-<-id]``)."""
+    owners: list[str | None] = [None] * SLOTS
+    open_slots: set[int] = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        myself = "myself" in fields[2].split(",")
+        for item in fields[8:]:
+            if item.startswith("["):
+                if myself:
+                    open_slots.add(int(item[1:].split("-")[0]))
+                continue
+            first, _, last = item.partition("-")
+            for slot in range(int(first), int(last or first) + 1):
+                owners[slot] = fields[0]
+    return owners, open_slots
 
 
 @atexit.register
