@@ -12,7 +12,7 @@ gunicorn alike. Routes (docs/usage.rst, "HTTP interface"):
 ``POST /send``          a batch: one ``{"id", "message"}`` JSON object a line
 ``POST /broadcast``     deliver the body to every connection
 ``GET /stats``          counters and memory as JSON
-``GET /health``         200 while serving
+``GET /health``         200 while serving and the broker is reachable, else 503
 ``GET /``               a page that subscribes with EventSource and sends
 ======================  =======================================================
 
@@ -28,9 +28,10 @@ import logging
 from collections.abc import Callable, Iterable
 from importlib import resources
 
+from comet.broker import BrokerUnavailable
 from comet.config import Settings
 from comet.framing import framing_for
-from comet.hub import Hub, Refused
+from comet.hub import RETRY_AFTER, Hub, Refused
 from comet.inputs import (
     BadRequest,
     check_batch_type,
@@ -93,6 +94,12 @@ class CometApp:
                 raise BadRequest("405 Method Not Allowed", f"{method} is not allowed here",
                                  (("Allow", ", ".join(allowed)),))
             return handler(environ, respond, arg)
+        except BrokerUnavailable as down:
+            # Never a 200 for a message that went nowhere; the client may try again.
+            log.warning("503 %s %s: %s", method, path[:80], down)
+            return self._plain(respond, "503 Service Unavailable",
+                               "message broker unavailable, try again later\n",
+                               (("Retry-After", str(RETRY_AFTER)),))
         except BadRequest as error:
             log.info("%s %s %s: %s (client %s)", error.status[:3], method, path[:80],
                      error.reason, environ.get("REMOTE_ADDR"))
@@ -250,7 +257,7 @@ class CometApp:
         check_batch_type(environ)
         body = read_body(environ, self.settings.max_batch, self.settings.read_timeout)
         batch = parse_batch(body, self.settings.max_message)
-        counts = [self.hub.publish(id, data)[1] for id, data in batch]
+        counts = [delivered for _, delivered in self.hub.publish_many(batch)]
         delivered = None if None in counts else sum(counts)
         return self._json(respond, {"accepted": len(batch), "delivered": delivered})
 
@@ -274,6 +281,9 @@ class CometApp:
     def health(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
         if not self.hub.accepting:
             return self._plain(respond, "503 Service Unavailable", "shutting down\n")
+        if not self.hub.broker.up:
+            return self._plain(respond, "503 Service Unavailable",
+                               "message broker unavailable\n", (("Retry-After", str(RETRY_AFTER)),))
         return self._plain(respond, "200 OK", "ok\n")
 
 

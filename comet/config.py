@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from comet.broker import redacted
+
 ENV_PREFIX = "COMET_"
 
 
@@ -38,6 +40,13 @@ def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise ValueError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"must be 0 or more seconds, not {text!r}")
     return value
 
 
@@ -123,6 +132,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("history_ttl", positive_float, 300.0, "seconds a message is kept for resuming"),
     Setting("history_memory", positive_int, 64 * 1024 * 1024,
             "bytes of message data the history keeps at most, over all ids"),
+    Setting("redis", text_or_none, None,
+            "Redis URL (redis://, rediss://, unix://; password and db from it, never "
+            "logged): the broker that spans processes and machines (default: in-process)"),
+    Setting("redis_wait", non_negative_float, 0.0,
+            "seconds to keep trying at start while Redis cannot be reached (0: exit at once)"),
     Setting("allow_origin", text_or_none, None,
             "CORS: origins allowed to use /events, /poll and /ws from a page elsewhere "
             "('*' or a comma-separated list)"),
@@ -145,9 +159,16 @@ class Settings:
             raise TypeError(f"unknown settings: {', '.join(sorted(values))}")
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{s.name}={getattr(self, s.name)!r}" for s in SETTINGS
-                          if s.name != "publish_key")
+        shown = ", ".join(f"{s.name}={_redacted(s.name, getattr(self, s.name))!r}"
+                          for s in SETTINGS if s.name != "publish_key")
         return f"Settings({shown})"
+
+
+def _redacted(name: str, value: Any) -> Any:
+    """A setting's value fit for a log line: the password of a Redis URL hidden."""
+    if name == "redis" and value:
+        return redacted(value)
+    return value
 
 
 def _argparse_type(setting: Setting) -> Callable[[str], Any]:

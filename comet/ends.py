@@ -47,3 +47,8 @@ BINARY_FRAME = End(1003, "text frames only", False)
 MESSAGE_TOO_BIG = End(1009, "message too big", False)
 #: a WebSocket frame that breaks RFC 6455 (reserved bits, long control frame, bad opcode)
 PROTOCOL_ERROR = End(1002, "protocol error", False)
+#: the message broker (Redis) cannot be reached: the client retries later
+BROKER_DOWN = End(1013, "message broker unavailable", True)
+#: history no longer covers what the connection missed (Redis was away too long, or lost
+#: it): the client resumes, and its resume tells it what is missing
+HISTORY_LOST = End(1012, "history lost, resume", True)

@@ -14,10 +14,12 @@ every counter in ``/stats`` is written here and nowhere else. The hub holds:
 
 Three things hold whatever the transport and the life:
 
-* login and the history replay happen in one greenlet turn, with nothing in
-  between that could yield: a message accepted meanwhile is either in the
-  replay or in the connection's queue (the connection's ``seen`` drops the
-  second copy), never in neither;
+* a resuming login gets every message once, in order: while the broker
+  confirms its subscriptions and fetches its replay (a round trip to Redis,
+  during which other greenlets run and messages arrive), a stand-in
+  (:class:`_Opening`) holds the connection's place in the router and keeps
+  what is delivered; then the connection takes its place, in one turn, and
+  begins with the replay up to the first message held, then what was held;
 * every message is delivered as an :class:`Outgoing`, whose bytes per
   transport the hub builds once per fan-out and lets go with it;
 * a connection the hub gives up on (``drop``) is logged out first and counted
@@ -33,7 +35,7 @@ import logging
 from collections.abc import Sequence
 
 from comet import ends
-from comet.broker import Broker, Message, Replay
+from comet.broker import Broker, BrokerUnavailable, Message, Replay
 from comet.broker.memory import MemoryBroker, MemoryHistory
 from comet.config import Settings
 from comet.ends import End
@@ -84,15 +86,52 @@ class Outgoing:
         return data
 
 
+class _Opening:
+    """A resuming connection's stand-in in the router while its replay is on its way.
+
+    It keeps (up to the queue limit) what is delivered meanwhile, for
+    :meth:`Hub.open` to put after the replay; a shutdown or a loss of history
+    meanwhile is kept as the end the connection gets.
+    """
+
+    __slots__ = ("ids", "held", "limit", "overflowed", "ended")
+
+    def __init__(self, limit: int) -> None:
+        self.ids: tuple[str, ...] = ()
+        self.held: list = []
+        self.limit = limit
+        self.overflowed = False
+        self.ended: End | None = None
+
+    def deliver(self, message) -> bool:
+        if len(self.held) < self.limit:
+            self.held.append(message)
+        else:
+            self.overflowed = True
+        return True
+
+    def end(self, end: End) -> None:
+        self.ended = self.ended or end
+
+
+def broker_for(settings: Settings) -> Broker:
+    """The broker the settings ask for: Redis with ``--redis``, else the in-process one."""
+    if settings.redis:
+        from comet.broker.redis import RedisBroker  # redis-py only where it is used
+        return RedisBroker(settings.redis, history=settings.history,
+                           history_ttl=settings.history_ttl, wait=settings.redis_wait)
+    return MemoryBroker(MemoryHistory(settings.history, settings.history_ttl,
+                                      settings.history_memory))
+
+
 class Hub:
     """Router, broker, counters, admission and the timer wheel of one server process."""
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
         self.router = Router()
-        self.broker = broker if broker is not None else MemoryBroker(MemoryHistory(
-            settings.history, settings.history_ttl, settings.history_memory))
-        self.broker.start(self.deliver)
+        self.broker = broker if broker is not None else broker_for(settings)
+        self.broker.start(self.deliver, self.lose)
         self.counters = Counters()
         #: ticks, heartbeats and poll timeouts of sleeping connections
         self.wheel = TimerWheel()
@@ -106,6 +145,8 @@ class Hub:
         """Why no connection can be taken now, or None; asks only, counts nothing."""
         if not self.accepting:
             return "server is shutting down"
+        if not self.broker.up:
+            return "message broker unavailable"
         if self.counters.held >= self.settings.max_connections:
             return f"at capacity ({self.settings.max_connections} connections)"
         return None
@@ -121,21 +162,44 @@ class Hub:
 
     def open(self, conn, ids: Sequence[str], last: str | None = None,
              resume: bool = False) -> Replay | None:
-        """Log ``conn`` in as ``ids``; with ``resume``, also what came after ``last``."""
-        login = self.router.login
-        new = [id for id in ids if login(id, conn)]
-        if new:
-            self.broker.subscribe(new)
+        """Log ``conn`` in as ``ids``; with ``resume``, also what came after ``last``.
+
+        Returns once the broker delivers ``ids`` here, so nothing published
+        after the client saw its opening is missed. When the broker cannot
+        (Redis unreachable) the connection ends at once with
+        :data:`~comet.ends.BROKER_DOWN`: its client retries, as for a 503.
+        """
         counters = self.counters
         counters.open[conn.transport] += 1
         counters.accepted += 1
         self.releaser.observe(counters.held)
+        stand_in = _Opening(self.settings.queue_limit) if resume else conn
+        for id in ids:
+            self.router.login(id, stand_in)
+        try:
+            self.broker.subscribe(ids)
+            replay = self.broker.replay(ids, last) if resume else None
+        except BrokerUnavailable as exc:
+            log.warning("%r cannot be served: %s", conn, exc)
+            self._logout(stand_in)
+            conn.end(ends.BROKER_DOWN)
+            return None
         if not resume:
             return None
-        replay = self.broker.replay(ids, last)
-        if replay.messages:
-            conn.seen = replay.messages[-1].seq
-        return replay
+        # Swap the stand-in for the connection in one turn: nothing is delivered between.
+        self.router.logout(stand_in)
+        for id in ids:
+            self.router.login(id, conn)
+        messages = replay.messages
+        held = stand_in.held
+        if held:
+            first = held[0].seq
+            messages = [m for m in messages if m.seq < first] + held
+        if messages:
+            conn.seen = messages[-1].seq
+        if stand_in.ended is not None or stand_in.overflowed:
+            self.drop(conn, stand_in.ended or ends.SLOW_CONSUMER)
+        return Replay(messages, replay.missed, replay.start)
 
     def close(self, conn) -> None:
         """``conn`` has ended (``conn.ended``, or the client went): log out, count its end."""
@@ -164,14 +228,25 @@ class Hub:
     # -- messages ---------------------------------------------------------------------
 
     def publish(self, id: str, data: bytes) -> tuple[Message, int | None]:
-        """To every connection of ``id``, wherever it is: the message and local deliveries."""
+        """To every connection of ``id``, wherever it is: the message and local deliveries.
+
+        Raises :class:`~comet.broker.BrokerUnavailable` when it went nowhere.
+        """
+        result = self.broker.publish(id, data)
         self.counters.messages_in += 1
-        return self.broker.publish(id, data)
+        return result
+
+    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[tuple[Message, int | None]]:
+        """:meth:`publish` for each ``(id, data)`` of a batch, in one round trip where it can."""
+        results = self.broker.publish_many(items)
+        self.counters.messages_in += len(results)
+        return results
 
     def broadcast(self, data: bytes) -> tuple[Message, int | None]:
         """To every connection, as :meth:`publish`."""
+        result = self.broker.broadcast(data)
         self.counters.messages_in += 1
-        return self.broker.broadcast(data)
+        return result
 
     def deliver(self, id: str | None, message: Message) -> int:
         """The broker's call: ``message`` to this process's connections of ``id`` (None: all)."""
@@ -182,6 +257,20 @@ class Hub:
         for conn in slow:
             self.drop(conn, ends.SLOW_CONSUMER, lost=1)
         return delivered
+
+    def lose(self, ids: Sequence[str] | None) -> None:
+        """The broker's call: history cannot cover what ``ids``' connections here missed
+        (None: any connection's). They end, so that their clients resume and are told."""
+        if ids is None:
+            conns = list(self.router.all_connections())
+        else:
+            conns = list({conn for id in ids for conn in self.router.connections_of(id)})
+        for conn in conns:
+            self._logout(conn)
+            conn.end(ends.HISTORY_LOST)
+        if conns:
+            log.warning("ended %d connections whose missed messages history no longer has",
+                        len(conns))
 
     def position(self) -> str:
         """The id a client that has seen everything so far would hold (long-poll's ``last``)."""
@@ -202,5 +291,7 @@ class Hub:
         return len(conns)
 
     def snapshot(self) -> dict:
-        """``/stats``: the counters, ids held and sleeping timers."""
-        return self.counters.snapshot(self.router.ids, len(self.wheel))
+        """``/stats``: the counters, ids held, sleeping timers and the broker."""
+        snapshot = self.counters.snapshot(self.router.ids, len(self.wheel))
+        snapshot["broker"] = self.broker.snapshot()
+        return snapshot

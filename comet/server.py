@@ -23,6 +23,7 @@ from geventwebsocket.handler import WebSocketHandler
 
 from comet import config
 from comet.app import CometApp
+from comet.broker import BrokerUnavailable
 from comet.ends import CLIENT_GONE
 from comet.handshake import checked_upgrade
 from comet.hostlimits import connections_per_process, raise_open_files_limit, startup_problems
@@ -231,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     config.configure_logging(settings.log_level)
     try:
         return serve(settings)
+    except BrokerUnavailable as exc:
+        log.error("%s (--redis-wait SECONDS keeps trying at start)", exc)
+        return 1
     except OSError as exc:
         log.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc)
         return 1

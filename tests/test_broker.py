@@ -1,8 +1,10 @@
 """The Broker contract, as a conformance suite every broker runs (docs/design.rst, "Broker").
 
 Each test takes a ``broker`` built by one of :data:`BROKERS` with a history of
-3 messages per id, started with a recording ``deliver``. A broker that spans
-processes will be added to :data:`BROKERS` and must pass the same tests.
+3 messages per id, started with a recording ``deliver``: the in-process broker,
+and the Redis broker on a real ``redis-server`` of the test's own. A broker
+that spans processes delivers a publish when it comes back from Redis, so the
+tests wait for deliveries (:meth:`Delivered.wait`) and compare messages by id.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import pytest
 
 from comet.broker import Message, parse_position
 from comet.broker.memory import MemoryBroker, MemoryHistory
+from tests.realserver import wait_until
 
 
 class Delivered:
@@ -23,17 +26,28 @@ class Delivered:
         self.calls.append((id, message))
         return 1
 
+    def wait(self, count: int) -> list[tuple[str | None, str]]:
+        """Once ``count`` deliveries arrived: each as (id, message id)."""
+        wait_until(lambda: len(self.calls) >= count, what=f"{count} deliveries")
+        return [(id, message.id) for id, message in self.calls]
 
-def memory_broker() -> MemoryBroker:
+
+def memory_broker(request) -> MemoryBroker:
     return MemoryBroker(MemoryHistory(per_id=3, ttl=60.0))
 
 
-BROKERS = {"memory": memory_broker}
+def redis_broker(request):
+    from comet.broker.redis import RedisBroker
+    server = request.getfixturevalue("redis_server")
+    return RedisBroker(server.url, history=3, history_ttl=60.0)
+
+
+BROKERS = {"memory": memory_broker, "redis": redis_broker}
 
 
 @pytest.fixture(params=sorted(BROKERS))
 def broker(request):
-    broker = BROKERS[request.param]()
+    broker = BROKERS[request.param](request)
     broker.delivered = Delivered()
     broker.start(broker.delivered)
     yield broker
@@ -43,14 +57,14 @@ def broker(request):
 def test_a_publish_to_a_subscribed_id_is_delivered_here_with_its_id(broker):
     broker.subscribe(["a"])
     message, count = broker.publish("a", b"hello")
-    assert broker.delivered.calls == [("a", message)]
-    assert message.data == b"hello"
+    assert broker.delivered.wait(1) == [("a", message.id)]
+    assert message.data == b"hello" and broker.delivered.calls[0][1].data == b"hello"
     assert count == (None if broker.spans_processes else 1)
 
 
 def test_a_broadcast_is_delivered_as_none(broker):
     message, _ = broker.broadcast(b"all")
-    assert broker.delivered.calls == [(None, message)]
+    assert broker.delivered.wait(1) == [(None, message.id)]
 
 
 def test_message_ids_share_an_epoch_and_count_up(broker):
@@ -108,4 +122,32 @@ def test_unsubscribe_and_subscribe_again_keep_delivery_and_history_whole(broker)
     broker.unsubscribe(["a"])
     broker.subscribe(["a"])
     message, _ = broker.publish("a", b"again")
-    assert ("a", message) in broker.delivered.calls
+    assert broker.delivered.wait(1) == [("a", message.id)]
+
+
+def test_a_batch_is_published_in_order_with_ids_that_count_up(broker):
+    broker.subscribe(["a", "b"])
+    published = broker.publish_many([("a", b"1"), ("b", b"2"), ("a", b"3")])
+    ids = [message.id for message, _ in published]
+    assert [message.data for message, _ in published] == [b"1", b"2", b"3"]
+    assert broker.delivered.wait(3) == list(zip(["a", "b", "a"], ids, strict=True))
+    assert [m.id for m in broker.replay(["a", "b"], "x-0").messages] == ids
+
+
+def test_a_publish_to_an_id_not_subscribed_here_is_not_delivered_here(broker):
+    if not broker.spans_processes:
+        pytest.skip("in one process every id is delivered here (the router finds nobody)")
+    broker.subscribe(["a"])
+    broker.publish("elsewhere", b"not here")
+    marker, _ = broker.publish("a", b"here")
+    assert broker.delivered.wait(1) == [("a", marker.id)]
+
+
+def test_unsubscribed_ids_are_no_longer_delivered_here(broker):
+    if not broker.spans_processes:
+        pytest.skip("in one process every id is delivered here (the router finds nobody)")
+    broker.subscribe(["a", "b"])
+    broker.unsubscribe(["a"])
+    broker.publish("a", b"gone")
+    marker, _ = broker.publish("b", b"still")
+    assert broker.delivered.wait(1) == [("b", marker.id)]

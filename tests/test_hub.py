@@ -66,13 +66,16 @@ def test_admit_refuses_at_capacity_and_counts_only_the_refusal():
     assert hub.room() == "server is shutting down"
 
 
-def test_the_broker_hears_of_an_id_at_its_first_login_and_its_last_logout():
+def test_the_broker_hears_of_every_login_and_of_an_id_at_its_last_logout():
+    """subscribe() is told every login's ids (so that a second connection of an id
+    whose subscription is still on its way also waits for it); unsubscribe() only
+    the ids left with no connection."""
     hub = make_hub()
     framing = framing_for("test", hub.settings)
     one, two = PlainConnection(hub, framing), PlainConnection(hub, framing)
     hub.open(one, ["a", "b"])
     hub.open(two, ["b", "c"])
-    assert hub.broker.subscribed == [["a", "b"], ["c"]]
+    assert hub.broker.subscribed == [["a", "b"], ["b", "c"]]
     hub.close(one)
     hub.close(two)
     assert hub.broker.unsubscribed == [["a"], ["b", "c"]]

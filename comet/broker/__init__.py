@@ -3,8 +3,8 @@
 The hub (:mod:`comet.hub`) talks to exactly one broker through
 :class:`Broker` and never knows which: the in-process broker
 (:class:`comet.broker.memory.MemoryBroker`, the default: one process, its
-history in memory) or, later, one that spans processes and machines over a
-real message broker. Every broker passes one conformance suite
+history in memory) or :class:`comet.broker.redis.RedisBroker`, which spans
+processes and machines over Redis. Every broker passes one conformance suite
 (``tests/test_broker.py``).
 
 What a broker owns, and what it does not:
@@ -16,11 +16,14 @@ What a broker owns, and what it does not:
   silent gap).
 * **History and replay.** :meth:`Broker.replay` gives the messages for some
   ids (and every broadcast) after a client's last id, oldest first.
-* **Which process gets what.** The hub :meth:`~Broker.subscribe`\\ s an id
-  when this process's first connection logs in as it, and
-  :meth:`~Broker.unsubscribe`\\ s it when the last one leaves; the broker then
+* **Which process gets what.** The hub :meth:`~Broker.subscribe`\\ s the ids
+  of every login (the broker returns once they are delivered here), and
+  :meth:`~Broker.unsubscribe`\\ s an id when its last connection leaves; the broker then
   calls the hub's ``deliver(id, message)`` for every message published to a
   subscribed id anywhere (``deliver(None, message)`` for a broadcast).
+* **Failure.** A broker that cannot do its part raises
+  :class:`BrokerUnavailable`; when it learns that history cannot cover what
+  some ids' connections missed, it calls the hub's ``lost`` with them.
 * Not the connections: which connections of this process hold an id is the
   hub's router. The broker knows no HTTP, no transport and no connection.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 
 class Message:
@@ -68,6 +72,14 @@ def parse_position(text: str | None, epoch: str) -> int | None:
 #: (None: a broadcast, to all of them); returns how many took it
 Deliver = Callable[[str | None, Message], int]
 
+#: the hub's side: history cannot cover what these ids' connections here missed
+#: (None: any id's), so they must end and resume, and learn it from a ``missed`` notice
+Lost = Callable[[Sequence[str] | None], None]
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot take a publish, a subscription or a replay now (a 503, never a 200)."""
+
 
 class Broker(Protocol):
     """What the hub needs of a broker; see the module docstring for the contract."""
@@ -76,17 +88,24 @@ class Broker(Protocol):
     #: returns None for the count, as the local count would mislead
     spans_processes: bool
 
-    def start(self, deliver: Deliver) -> None:
+    #: False while the broker cannot publish or subscribe (``/health`` answers 503)
+    up: bool
+
+    def start(self, deliver: Deliver, lost: Lost | None = None) -> None:
         """Begin delivering to ``deliver``; called once, before any other method."""
 
     def subscribe(self, ids: Sequence[str]) -> None:
-        """This process now holds connections for ``ids``: deliver their messages here."""
+        """A connection here logged in as ``ids`` (some perhaps held already): deliver
+        their messages here; returns once that holds, or raises BrokerUnavailable."""
 
     def unsubscribe(self, ids: Sequence[str]) -> None:
         """This process holds no connection for ``ids`` any more."""
 
     def publish(self, id: str, data: bytes) -> tuple[Message, int | None]:
         """Give ``data`` an id, keep it in ``id``'s history, deliver it wherever ``id`` is."""
+
+    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[tuple[Message, int | None]]:
+        """:meth:`publish` for each ``(id, data)``, in order, at the cost of one where it can."""
 
     def broadcast(self, data: bytes) -> tuple[Message, int | None]:
         """The same for every connection everywhere; kept once, replayed to every id."""
@@ -97,5 +116,21 @@ class Broker(Protocol):
     def position(self) -> str:
         """The id a client that has seen everything so far would hold."""
 
+    def snapshot(self) -> dict:
+        """What ``/stats`` shows of the broker."""
+
     def close(self) -> None:
         """Stop delivering and let go of what the broker holds."""
+
+
+def redacted(url: str) -> str:
+    """``url`` fit for a log line: any password replaced by ``***``."""
+    parts = urlsplit(url)
+    query = "&".join("password=***" if pair.lower().startswith("password=") else pair
+                     for pair in parts.query.split("&")) if parts.query else ""
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        name, colon, _ = user.partition(":")
+        netloc = f"{name}{':***' if colon else ''}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from comet.broker import Deliver, Message, Replay, parse_position
+from comet.broker import Deliver, Lost, Message, Replay, parse_position
 
 #: the "user id" under which broadcasts are kept
 BROADCAST = "*"
@@ -38,13 +38,14 @@ class MemoryBroker:
     """The in-process :class:`~comet.broker.Broker`: history in memory, delivery at once."""
 
     spans_processes = False
+    up = True
 
     def __init__(self, history: MemoryHistory | None = None) -> None:
         self.history = history if history is not None else MemoryHistory()
         self._deliver: Deliver | None = None
 
-    def start(self, deliver: Deliver) -> None:
-        self._deliver = deliver
+    def start(self, deliver: Deliver, lost: Lost | None = None) -> None:
+        self._deliver = deliver  # history is never lost behind a connection's back here
 
     def subscribe(self, ids: Sequence[str]) -> None:
         """Nothing to do: in one process every id is delivered here."""
@@ -56,6 +57,9 @@ class MemoryBroker:
         message = self.history.publish(id, data)
         return message, self._deliver(id, message)
 
+    def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[tuple[Message, int]]:
+        return [self.publish(id, data) for id, data in items]
+
     def broadcast(self, data: bytes) -> tuple[Message, int]:
         message = self.history.publish(BROADCAST, data)
         return message, self._deliver(None, message)
@@ -65,6 +69,9 @@ class MemoryBroker:
 
     def position(self) -> str:
         return self.history.position()
+
+    def snapshot(self) -> dict:
+        return {"kind": "memory", "up": True, "kept": len(self.history)}
 
     def close(self) -> None:
         self._deliver = None

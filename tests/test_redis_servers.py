@@ -1,0 +1,153 @@
+"""Servers sharing one real Redis: delivery, resume anywhere, and what a Redis outage does.
+
+Two ``python -m comet.server --redis URL`` processes stand for two machines;
+the Redis is a real ``redis-server`` of the test's own (tests/redisservers.py).
+No sticky sessions: a client resumes on whichever server it reaches.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import requests
+import websocket
+
+from tests.chunked import open_stream
+from tests.realserver import RealServer, post
+from tests.sse import open_events
+
+
+@pytest.fixture(params=["on", "off"], ids=["hibernate", "plain"])
+def pair(request, redis_server):
+    """Two servers on one Redis, both in the same connection life; stopped after."""
+    servers = [RealServer("--redis", redis_server.url, "--interval", "0.2",
+                          "--hibernate", request.param).start() for _ in range(2)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def subscribed(server, ids: int):
+    server.wait_for(lambda s: s["broker"]["subscribed_ids"] >= ids, what=f"{ids} ids subscribed")
+
+
+def test_a_message_reaches_its_id_on_the_other_server_once_in_every_transport(pair):
+    one, two = pair
+    stream = open_stream(two.port, "/test/u")
+    events = open_events(two.port, "/events/u")
+    ws = websocket.create_connection(f"ws://127.0.0.1:{two.port}/ws/u", timeout=10)
+    two.wait_for(lambda s: s["connections"]["total"] == 3, what="three subscribers")
+    poll = {}
+    thread = threading.Thread(target=lambda: poll.update(
+        requests.get(f"{two.url}/poll/u", timeout=10).json()))
+    thread.start()
+    two.wait_for(lambda s: s["connections"].get("poll") == 1, what="a waiting poll")
+    sent = post(one, "/send/u", b"across")
+    assert sent["delivered"] is None  # another process may deliver it: no local count
+    assert stream.chunks_until(lambda c: b"across" in c)[-1].endswith(b"Recvd msg: across\n")
+    event = events.next_message()
+    assert (event.data, event.id) == ("across", sent["message"])
+    assert ws.recv() == "across"
+    thread.join(10)
+    assert [m["data"] for m in poll["messages"]] == ["across"]
+    post(one, "/send/u", b"second")
+    assert events.next_message().data == "second"  # not the first again
+    assert ws.recv() == "second"
+    stats = two.stats()
+    assert stats["messages"]["out"] == 4 + 3 and stats["broker"]["kind"] == "redis"
+    ws.close()
+    stream.close()
+    events.close()
+
+
+def test_a_broadcast_reaches_every_connection_on_both_servers_once(pair):
+    streams = [open_events(server.port, f"/events/b{n}") for n, server in enumerate(pair)]
+    for server in pair:
+        subscribed(server, 1)
+    sent = post(pair[0], "/broadcast", b"everyone")
+    for events in streams:
+        event = events.next_message()
+        assert (event.data, event.id) == ("everyone", sent["message"])
+    post(pair[1], "/send/b0", b"after")
+    assert streams[0].next_message().data == "after"
+    for events in streams:
+        events.close()
+
+
+def test_a_client_resumes_on_the_other_server_with_no_gap_and_no_duplicate(pair):
+    one, two = pair
+    events = open_events(one.port, "/events/r")
+    subscribed(one, 1)
+    first = post(two, "/send/r", b"m1")["message"]
+    assert events.next_message().id == first
+    events.close()
+    missed = [post(two, "/send/r", b"m%d" % n)["message"] for n in (2, 3)]
+    every = post(two, "/broadcast", b"all")["message"]
+    post(two, "/send/other", b"not for r")
+    resumed = open_events(two.port, "/events/r", {"Last-Event-ID": first})
+    got = [resumed.next_message() for _ in range(3)]
+    assert [e.id for e in got] == [*missed, every]
+    assert [e.data for e in got] == ["m2", "m3", "all"]
+    later = post(one, "/send/r", b"m4")["message"]
+    assert resumed.next_message().id == later
+    resumed.close()
+
+
+def test_a_poll_resumes_on_the_other_server_from_its_since(pair):
+    one, two = pair
+    first = requests.get(f"{one.url}/poll/p?since=x-0", timeout=10)
+    assert first.status_code == 200 and first.json()["missed"] is True
+    position = first.json()["last"]
+    sent = post(one, "/send/p", b"while away")["message"]
+    answer = requests.get(f"{two.url}/poll/p", params={"since": position}, timeout=10).json()
+    assert [m["id"] for m in answer["messages"]] == [sent] and not answer.get("missed")
+
+
+def test_history_beyond_its_bound_is_missed_on_the_other_server(redis_server):
+    servers = [RealServer("--redis", redis_server.url, "--history", "2").start()
+               for _ in range(2)]
+    try:
+        start = requests.get(f"{servers[0].url}/poll/h?since=x-0", timeout=10).json()["last"]
+        for n in range(4):
+            post(servers[0], "/send/h", b"%d" % n)
+        resumed = open_events(servers[1].port, "/events/h", {"Last-Event-ID": start})
+        notice = resumed.next_event()
+        while notice.event != "missed":
+            notice = resumed.next_event()
+        assert [resumed.next_message().data for _ in range(2)] == ["2", "3"]
+        resumed.close()
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_redis_unreachable_at_start_is_a_clear_error_and_no_password_is_logged(redis_server):
+    url = f"redis://:hunter2secret@127.0.0.1:{redis_server.port + 1}/0"
+    redis_server.stop()
+    server = RealServer("--redis", url)
+    with pytest.raises(RuntimeError, match="did not start"):
+        server.start(timeout=30)
+    assert server.proc.wait(10) == 1
+    text = server.log_text()
+    assert "cannot reach Redis at redis://:***@127.0.0.1" in text
+    assert "hunter2secret" not in text
+
+
+def test_a_password_and_a_unix_socket_url_work_and_the_password_is_never_logged(tmp_path):
+    from tests.redisservers import RedisServer, redis_binary_or_skip
+    redis_binary_or_skip("redis-server")
+    with RedisServer(password="s3cr3t-pw", unixsocket=True) as redis_server:
+        url = redis_server.unix_url  # the password in it
+        server = RealServer("--redis", url, "--log-level", "debug").start()
+        try:
+            events = open_events(server.port, "/events/x")
+            subscribed(server, 1)
+            post(server, "/send/x", b"over unix")
+            assert events.next_message().data == "over unix"
+            assert "s3cr3t-pw" not in server.log_text()
+            assert "s3cr3t-pw" not in json.dumps(server.stats())
+            events.close()
+        finally:
+            server.stop()
