@@ -288,6 +288,7 @@ class Hub:
                 conn.end(end)
             except Exception:  # one connection's failure must not keep the others open
                 log.exception("ending %r failed", conn)
+        self.broker.close()  # its reader and pinger end too: nothing keeps the process up
         return len(conns)
 
     def snapshot(self) -> dict:

@@ -1,14 +1,16 @@
 """``comet.wsgi:application`` for gunicorn: the same app, settings from ``COMET_*``.
 
     gunicorn -k gevent -w 1 --worker-connections 19000 comet.wsgi:application
+    COMET_REDIS=redis://localhost:6379/0 gunicorn -c conf/gunicorn.conf.py -w 4 \
+        comet.wsgi:application
 
-One worker only, for now: each worker has its own in-process router, so a
-message published to one worker would never reach a client held by another.
-Several workers need the Redis backplane (not built yet). A second worker of
-the same gunicorn master is detected with an exclusive lock keyed by the
-master's pid and refused at import, which makes gunicorn stop with
-"Worker failed to boot" and our message in its log. This is comet's only
-one-worker guard: it holds however the worker count was given (``-w``,
+Several workers need a broker that spans processes (``COMET_REDIS``): with
+the in-process one each worker would have its own router, and a message
+published to one worker would never reach a client held by another. Without
+Redis, a second worker of the same gunicorn master is detected with an
+exclusive lock keyed by the master's pid and refused at import, which makes
+gunicorn stop with "Worker failed to boot" and our message in its log. The
+guard holds however the worker count was given (``-w``,
 ``conf/gunicorn.conf.py``, ``GUNICORN_CMD_ARGS``), which a check of the
 configuration file alone would not.
 """
@@ -42,14 +44,13 @@ def _claim_only_worker() -> int:
     except BlockingIOError:
         os.close(fd)
         raise SecondWorkerRefused(
-            "comet runs with one gunicorn worker (-w 1) until the Redis backplane exists: "
-            "each worker has its own router, so messages would not reach clients held by "
-            "other workers") from None
+            "comet runs with one gunicorn worker (-w 1) unless COMET_REDIS names a Redis: "
+            "without it each worker has its own router, so messages would not reach clients "
+            "held by other workers") from None
     return fd
 
 
-def _make_application() -> CometApp:
-    settings = config.Settings(**config.from_environment())
+def _make_application(settings: config.Settings) -> CometApp:
     config.configure_logging(settings.log_level)
     return CometApp(settings)
 
@@ -75,6 +76,7 @@ def _end_streams_when_gunicorn_stops(app: CometApp) -> None:
         signal.signal(signum, chained)
 
 
-_worker_lock = _claim_only_worker()
-application = _make_application()
+_settings = config.Settings(**config.from_environment())
+_worker_lock = None if _settings.redis else _claim_only_worker()
+application = _make_application(_settings)
 _end_streams_when_gunicorn_stops(application)

@@ -5,19 +5,23 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import redis
 import requests
 
+import comet.publish
 from tests.chunked import open_stream
 from tests.realserver import free_port
 
 pytest.importorskip("gunicorn")
 
 
-def gunicorn(*args: str, worker: str = "gevent") -> tuple[subprocess.Popen, int]:
+def gunicorn(*args: str, worker: str = "gevent",
+             env: dict | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = {**os.environ, "COMET_INTERVAL": "0.2"}
+    env = {**os.environ, "COMET_INTERVAL": "0.2", **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-k", worker, "--worker-connections", "1000",
          "-b", f"127.0.0.1:{port}", *args, "comet.wsgi:application"],
@@ -42,7 +46,11 @@ def assert_clean_stop(proc: subprocess.Popen, stream) -> None:
     proc.terminate()
     got = stream.chunks_until(lambda c: c.startswith(b"Bye"))
     assert got[-1] == b"Bye: server shutting down\n" and stream.next_chunk() == b""
-    assert proc.wait(20) == 0
+    try:
+        assert proc.wait(20) == 0
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("gunicorn did not stop:\n" + proc.communicate()[0]) from None
 
 
 def test_gunicorn_gevent_worker_serves_streams_and_publishing():
@@ -69,7 +77,46 @@ def test_second_worker_is_refused_with_a_clear_message():
     finally:
         proc.kill()
     assert proc.returncode != 0
-    assert re.search(r"one gunicorn worker \(-w 1\) until the Redis backplane", output)
+    assert re.search(r"one gunicorn worker \(-w 1\) unless COMET_REDIS names a Redis", output)
+
+
+def test_two_workers_with_redis_deliver_to_each_others_clients(redis_server):
+    """With COMET_REDIS, -w 2 runs; a message published through one worker reaches
+    clients held by either (the kernel spreads connections over both)."""
+    proc, port = gunicorn("-w", "2", worker="comet.gunicorn.Worker",
+                          env={"COMET_REDIS": redis_server.url})
+    try:
+        wait_until_serving(proc, port)
+        # Concurrent handshakes: one worker busy with one lets the other accept the next.
+        with ThreadPoolExecutor(16) as pool:
+            streams = list(pool.map(lambda n: open_stream(port, f"/test/w{n}"), range(48)))
+        for stream in streams:
+            assert stream.next_chunk().startswith(b"comet welcomes you!")
+        for n, stream in enumerate(streams):
+            # Connection: close: an idle keep-alive connection would hold its worker
+            # up to gunicorn's graceful timeout at the stop below
+            sent = requests.post(f"http://127.0.0.1:{port}/send/w{n}", data=b"to %d" % n,
+                                 headers={"Connection": "close"}, timeout=10)
+            assert sent.status_code == 200 and sent.json()["delivered"] is None
+            got = stream.chunks_until(lambda c: c.startswith(b"Recvd"))
+            assert got[-1] == b"Recvd msg: to %d\n" % n
+        # From outside every worker: only Redis can bring it to the stream's worker.
+        comet.publish.publish(redis.Redis.from_url(redis_server.url), "w0", "from a backend")
+        assert streams[0].chunks_until(lambda c: c.startswith(b"Recvd"))[-1] == (
+            b"Recvd msg: from a backend\n")
+        seen = {}
+        for _ in range(200):
+            stats = requests.get(f"http://127.0.0.1:{port}/stats", timeout=10).json()
+            seen[stats["pid"]] = stats
+            if len(seen) == 2:
+                break
+        assert len(seen) == 2, "both workers answer"
+        assert sum(s["connections"]["total"] for s in seen.values()) == len(streams)
+        assert sum(s["messages"]["in"] for s in seen.values()) == len(streams)
+        assert_clean_stop(proc, streams[0])
+    finally:
+        proc.kill()
+        proc.wait(20)
 
 
 def test_gunicorn_websocket_worker_serves_websockets():

@@ -232,14 +232,17 @@ class RedisBroker:
         return f"{answer[0].decode()}-{int(answer[1])}"
 
     def close(self) -> None:
+        """Stop reading and pinging; never blocks (it may run in the event loop's callback)."""
         self._closed = True
         self.up = False
         for greenlet in (self._pinger, self._reader):
             if greenlet is not None:
-                greenlet.kill(block=False)
-        self._drop_pubsub()
-        self._client.connection_pool.disconnect()
-        self._deliver = None
+                greenlet.kill(block=False)  # the reader lets go of its connection as it ends
+        if self._reader is None:
+            self._drop_pubsub()
+        # In a greenlet: the pool takes a lock, which must never be waited for in the
+        # event loop's own callback (gunicorn's stop signal runs the shutdown there).
+        gevent.spawn(self._client.connection_pool.disconnect)
 
     # -- what /stats and /health show -------------------------------------------------
 
@@ -348,11 +351,17 @@ class RedisBroker:
 
     def _read_forever(self) -> None:
         """Read the pub/sub connection; when it breaks, reconnect and catch up, forever."""
+        try:
+            self._read_and_reconnect()
+        finally:
+            self._drop_pubsub()
+
+    def _read_and_reconnect(self) -> None:
         delay = BACKOFF_FIRST
         while not self._closed:
             try:
                 self._read_until_broken()
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, ValueError) as exc:  # ValueError: closed under it
                 if self._closed:
                     return
                 if self.up:

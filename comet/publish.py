@@ -1,0 +1,80 @@
+"""Publishing from an application's own process, straight into Redis (no HTTP).
+
+Like Socket.IO's emitter: a backend that already talks to the Redis that
+comet's servers use (``--redis URL``) publishes with its own redis-py client,
+and the message gets its id, its place in history and its delivery exactly as
+one sent to ``POST /send/<id>``, because it runs the same script::
+
+    import redis
+    import comet.publish
+
+    client = redis.Redis.from_url("redis://localhost:6379/0")
+    message_id = comet.publish.publish(client, "alice", "hello")
+    comet.publish.broadcast(client, "to everyone")
+
+    # many in one round trip
+    ids = comet.publish.publish_many(client, [("alice", "hi"), ("bob", "hey")])
+
+The history bounds (``--history``, ``--history-ttl``) are the ones the
+servers recorded in Redis when they started. Only this module's functions and
+their arguments are the API; the keys behind them may change.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+
+from comet.broker.redisscripts import (
+    BROADCAST,
+    PUBLISH,
+    channel,
+    position_key,
+    stream_key,
+)
+from comet.inputs import ID_PATTERN
+
+#: the key prefix comet's servers use
+PREFIX = "comet"
+
+
+def publish(client, id: str, message: str | bytes, prefix: str = PREFIX) -> str:
+    """Send ``message`` to every connection of ``id``; returns its id (``<epoch>-<offset>``)."""
+    return publish_many(client, [(id, message)], prefix)[0]
+
+
+def broadcast(client, message: str | bytes, prefix: str = PREFIX) -> str:
+    """Send ``message`` to every connection; returns its id."""
+    return _run(client, [(BROADCAST, _bytes(message))], prefix)[0]
+
+
+def publish_many(client, items: Iterable[tuple[str, str | bytes]],
+                 prefix: str = PREFIX) -> list[str]:
+    """Send each ``(id, message)``, in order, in one round trip; returns their ids.
+
+    Every id is checked first (1 to 128 of ``A-Z a-z 0-9 _ . : -``), so a bad
+    one raises ValueError before anything is sent.
+    """
+    checked = []
+    for id, message in items:
+        if not isinstance(id, str) or not ID_PATTERN.fullmatch(id):
+            raise ValueError(f"bad id {id!r}: 1 to 128 of A-Z a-z 0-9 _ . : -")
+        checked.append((id, _bytes(message)))
+    return _run(client, checked, prefix)
+
+
+def _run(client, items: list[tuple[str, bytes]], prefix: str) -> list[str]:
+    script = client.register_script(PUBLISH)
+    pipe = client.pipeline(transaction=False)
+    for id, data in items:
+        script(keys=[position_key(prefix), stream_key(prefix, id)],
+               args=[secrets.token_hex(4), channel(prefix, id), data], client=pipe)
+    return [f"{_text(epoch)}-{int(seq)}" for epoch, seq in pipe.execute()]
+
+
+def _bytes(message: str | bytes) -> bytes:
+    return message.encode("utf-8") if isinstance(message, str) else bytes(message)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
