@@ -64,12 +64,14 @@ def publish_many(client, items: Iterable[tuple[str, str | bytes]],
 
 
 def _run(client, items: list[tuple[str, bytes]], prefix: str) -> list[str]:
-    script = client.register_script(PUBLISH)
-    pipe = client.pipeline(transaction=False)
+    keys = [position_key(prefix)]
+    args: list = [secrets.token_hex(4)]
     for id, data in items:
-        script(keys=[position_key(prefix), stream_key(prefix, id)],
-               args=[secrets.token_hex(4), channel(prefix, id), data], client=pipe)
-    return [f"{_text(epoch)}-{int(seq)}" for epoch, seq in pipe.execute()]
+        keys.append(stream_key(prefix, id))
+        args += (channel(prefix, id), data)
+    answer = client.register_script(PUBLISH)(keys=keys, args=args)
+    epoch = _text(answer[0])
+    return [f"{epoch}-{int(seq)}" for seq in answer[1:]]
 
 
 def _bytes(message: str | bytes) -> bytes:

@@ -254,23 +254,21 @@ class RedisBroker:
 
     def _run_publish(self, items: list[tuple[str, str | bytes, bytes]]
                      ) -> list[tuple[Message, None]]:
+        """One script call for the lot: their offsets in order, each kept and PUBLISHed."""
+        keys = [self._pos]
+        args: list = [secrets.token_hex(4)]
+        for stream, chan, data in items:
+            keys.append(stream)
+            args += (chan, data)
         try:
             with self._slots:
-                if len(items) == 1:
-                    stream, chan, data = items[0]
-                    answers = [self._publish(keys=[self._pos, stream],
-                                             args=[secrets.token_hex(4), chan, data])]
-                else:
-                    pipe = self._client.pipeline(transaction=False)
-                    for stream, chan, data in items:
-                        self._publish(keys=[self._pos, stream],
-                                      args=[secrets.token_hex(4), chan, data], client=pipe)
-                    answers = pipe.execute()
+                answer = self._publish(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             self.stats["publish_failures"] += 1
             raise BrokerUnavailable(f"Redis at {self.where}: {exc}") from None
-        return [(Message(epoch.decode(), int(seq), data), None)
-                for (epoch, seq), (_, _, data) in zip(answers, items, strict=True)]
+        epoch = answer[0].decode()
+        return [(Message(epoch, int(seq), data), None)
+                for seq, (_, _, data) in zip(answer[1:], items, strict=True)]
 
     def _replay_call(self, streams: list[str], last: str | None, client=None):
         epoch, offset = _split(last)

@@ -75,25 +75,32 @@ local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 """
 
-#: KEYS: pos, the stream; ARGV: a fresh epoch, the channel, the message.
-#: Gives the message the next offset, keeps it, publishes it; returns {epoch, seq}.
+#: KEYS: pos, then one stream per message; ARGV: a fresh epoch, then a channel and
+#: a message for each stream. Gives each message the next offset, keeps it, publishes
+#: it, in order; returns {epoch, seq1, seq2, ...}. One call for a whole batch (on one
+#: Redis; a cluster's slots need one call per id).
 PUBLISH = _HEAD + """
-local seq = math.max(last + 1, now_ms * SEQ_PER_MS)
-local s = string.format('%.0f', seq)
-redis.call('HSET', pos, 'seq', s)
-if history > 0 then
-  redis.call('XADD', KEYS[2], s .. '-0', 'd', ARGV[3])
-  local excess = redis.call('XLEN', KEYS[2]) - history
-  if excess > 0 then
-    -- XDEL, not MAXLEN: it records the newest id it removed (max-deleted-entry-id),
-    -- which is how a replay tells a client that history no longer covers its gap
-    local old = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', excess)
-    for _, entry in ipairs(old) do redis.call('XDEL', KEYS[2], entry[1]) end
+local out = {epoch}
+for i = 2, #KEYS do
+  local stream, chan, data = KEYS[i], ARGV[2 * i - 2], ARGV[2 * i - 1]
+  last = math.max(last + 1, now_ms * SEQ_PER_MS)
+  local s = string.format('%.0f', last)
+  if history > 0 then
+    redis.call('XADD', stream, s .. '-0', 'd', data)
+    local excess = redis.call('XLEN', stream) - history
+    if excess > 0 then
+      -- XDEL, not MAXLEN: it records the newest id it removed (max-deleted-entry-id),
+      -- which is how a replay tells a client that history no longer covers its gap
+      local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', excess)
+      for _, entry in ipairs(old) do redis.call('XDEL', stream, entry[1]) end
+    end
+    redis.call('EXPIRE', stream, ttl)
   end
-  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('PUBLISH', chan, epoch .. ' ' .. s .. ' ' .. data)
+  out[#out + 1] = s
 end
-redis.call('PUBLISH', ARGV[2], epoch .. ' ' .. s .. ' ' .. ARGV[3])
-return {epoch, s}
+redis.call('HSET', pos, 'seq', string.format('%.0f', last))
+return out
 """
 
 #: KEYS: pos, then the streams to read; ARGV: a fresh epoch, the client's epoch,
