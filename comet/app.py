@@ -59,9 +59,12 @@ StartResponse = Callable[..., object]
 class CometApp:
     """``application(environ, start_response)`` over one :class:`~comet.hub.Hub`."""
 
-    def __init__(self, settings: Settings, hub: Hub | None = None) -> None:
+    def __init__(self, settings: Settings, hub: Hub | None = None,
+                 stats: Callable[[], dict] | None = None) -> None:
         self.settings = settings
         self.hub = hub if hub is not None else Hub(settings)
+        #: what ``GET /stats`` answers: this process's hub, or (a worker's) the whole server
+        self.stats = stats if stats is not None else self.hub.snapshot
         self._allowed_origins = _origins(settings.allow_origin)
         self._routes = {
             "test": (self.test_stream, ("GET", "HEAD")),
@@ -272,7 +275,7 @@ class CometApp:
         return self._body(respond, "text/html; charset=utf-8", body)
 
     def stats_json(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
-        return self._json(respond, self.hub.snapshot())
+        return self._json(respond, self.stats())
 
     def memory_json(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
         check_publisher(environ, self.settings.publish_key)  # loopback or the key: it is costly

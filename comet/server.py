@@ -185,11 +185,27 @@ class CometHandler(WebSocketHandler):
             log.debug("%s", self.format_request())
 
 
-def make_server(settings: config.Settings, app: CometApp) -> pywsgi.WSGIServer:
-    listener = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+def listen(host: str, port: int, backlog: int, reuse_port: bool = False) -> socket.socket:
+    """The listening socket. With ``reuse_port`` it is one worker's of several on one
+    port (SO_REUSEPORT): each worker its own socket, the kernel spreads the
+    connections among them, and a worker that dies takes no one else's queue."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((settings.host, settings.port))
-    listener.listen(min(65535, max(1024, settings.max_connections)))
+    if reuse_port:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind((host, port))
+    listener.listen(backlog)
+    return listener
+
+
+def backlog(settings: config.Settings) -> int:
+    return min(65535, max(1024, settings.max_connections))
+
+
+def make_server(settings: config.Settings, app: CometApp,
+                listener: socket.socket | None = None) -> pywsgi.WSGIServer:
+    if listener is None:
+        listener = listen(settings.host, settings.port, backlog(settings))
     handler = type("Handler", (CometHandler,), {"read_timeout": settings.read_timeout,
                                                 "hibernate": settings.hibernate})
     # An unbounded pool only so that stop() can wait for the handlers to finish.
@@ -200,30 +216,68 @@ def make_server(settings: config.Settings, app: CometApp) -> pywsgi.WSGIServer:
     return server
 
 
-def serve(settings: config.Settings) -> int:
-    """Run until SIGTERM or SIGINT; returns the exit status."""
-    if settings.tracemalloc:
-        tracemalloc.start(settings.tracemalloc)
+def announce_limits(settings: config.Settings) -> None:
+    """Raise the open-files limit and say what it and the kernel leave room for.
+
+    Once per server: a master does it before forking, and its workers inherit
+    the raised limit (log lines once, not once per worker).
+    """
     limit = raise_open_files_limit()
     streams = connections_per_process(limit)
     log.info("open-files limit %d: room for about %d connections in this process",
              limit, streams)
     for problem in startup_problems(settings.max_connections, settings.port):
         log.warning("tuning: %s", problem)
+
+
+def stop_signals() -> gevent.event.Event:
+    """An event set by SIGTERM or SIGINT; install it before saying you are ready."""
+    stopping = gevent.event.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
+    return stopping
+
+
+def take_waiting(server: pywsgi.WSGIServer) -> int:
+    """Stop accepting, but first take the connections already queued on the listener.
+
+    A worker's listener is one of several on its port: closing it resets the
+    connections the kernel queued on it (already hashed to it, so no other
+    worker can take them). Taken here, they are answered by a server that is
+    shutting down (a stream gets 503 and Retry-After) instead of a reset.
+    What lands between the last accept and the close, microseconds later, is
+    still reset unless ``net.ipv4.tcp_migrate_req`` is 1 (docs/usage.rst).
+    """
+    server.stop_accepting()
+    taken = 0
+    while (waiting := server.do_read()) is not None:
+        server.do_handle(*waiting)
+        taken += 1
+    return taken
+
+
+def drain(settings: config.Settings, app: CometApp, server: pywsgi.WSGIServer) -> None:
+    """Stop accepting, end every stream with its farewell, wait for them up to the timeout."""
+    server.close()
+    log.info("shutting down: stopped accepting; ending %d connections", app.shutdown())
+    server.stop(timeout=settings.shutdown_timeout)
+    log.info("stopped")
+
+
+def serve(settings: config.Settings) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit status."""
+    if settings.tracemalloc:
+        tracemalloc.start(settings.tracemalloc)
+    announce_limits(settings)
     app = CometApp(settings)
     server = make_server(settings, app)
     server.start()
     app.hub.counters.reset_baseline()
     host, port = server.address[:2]
+    stopping = stop_signals()
     log.info("serving on http://%s:%d/ (pid %d)", host, port, os.getpid())
-    stopping = gevent.event.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, stopping.set)
     stopping.wait()
-    server.close()
-    log.info("shutting down: stopped accepting; ending %d connections", app.shutdown())
-    server.stop(timeout=settings.shutdown_timeout)
-    log.info("stopped")
+    drain(settings, app, server)
     return 0
 
 
