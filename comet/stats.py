@@ -3,7 +3,8 @@
 :class:`Counters` has one writer, the hub (:mod:`comet.hub`); everything else
 reads them through ``/stats``. Memory comes from psutil: RSS now, RSS when the
 server became ready (the baseline), and their difference per held connection,
-the seed's figure of merit.
+the seed's figure of merit. With workers, :func:`summed` makes the whole
+server's figures out of each worker's own snapshot.
 """
 
 from __future__ import annotations
@@ -73,6 +74,67 @@ class Counters:
             "rss_baseline_bytes": self.baseline_rss,
             "rss_per_connection": round((rss - self.baseline_rss) / held) if held else None,
         }
+
+
+#: snapshot fields that describe one process: listed per worker, never added up
+PER_PROCESS = frozenset({"pid", "uptime", "index", "accepting", "rss_per_connection"})
+
+
+def summed(snapshots: list[dict]) -> dict:
+    """The whole server's ``/stats`` from its workers' snapshots: every count added up.
+
+    Counts add (connections, messages, drops by reason, RSS, PSS); what
+    describes one process (:data:`PER_PROCESS`) does not and stays in each
+    worker's entry; any other value is kept when every worker gives the
+    same, and left to the entries when they differ. A figure some worker
+    could not give (None: PSS unreadable) is None in the sum too: a partial
+    sum would pass for the whole. ``ids`` counts an id once per worker
+    holding it. The RSS per connection is made again from the sums.
+    """
+    total = _add(snapshots)
+    held = total.get("connections", {}).get("total", 0)
+    rss, baseline = total.get("rss_bytes"), total.get("rss_baseline_bytes")
+    total["rss_per_connection"] = (round((rss - baseline) / held)
+                                   if held and rss is not None and baseline is not None
+                                   else None)
+    return total
+
+
+def _add(snapshots: list[dict]) -> dict:
+    values: dict[str, list] = {}
+    for snapshot in snapshots:
+        for key, value in snapshot.items():
+            if key not in PER_PROCESS:
+                values.setdefault(key, []).append(value)
+    total = {}
+    for key, found in values.items():
+        if all(isinstance(v, dict) for v in found):
+            total[key] = dict(sorted(_add(found).items())) if key in ("drops", "ends") \
+                else _add(found)
+        elif all(v == found[0] for v in found) and not _is_number(found[0]):
+            total[key] = found[0]  # what every worker agrees on: a broker's kind, its URL
+        elif any(v is None for v in found):
+            total[key] = None
+        elif all(_is_number(v) for v in found):
+            total[key] = sum(found)
+    return total
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def pss(process: psutil.Process) -> int | None:
+    """Proportional set size: pages shared by the forked workers counted once in all.
+
+    RSS counts a page the master and its workers share in each of them, so
+    their RSS sum overstates; PSS splits each shared page among its sharers.
+    None where the kernel does not let us read it (``/proc/<pid>/smaps_rollup``).
+    """
+    try:
+        return process.memory_full_info().pss
+    except (psutil.Error, AttributeError, OSError):
+        return None
 
 
 def memory_by_line(limit: int = 25) -> dict:
