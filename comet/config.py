@@ -98,6 +98,10 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "0.0.0.0", "address to listen on"),
     Setting("port", port_number, 8000, "port to listen on (0: any free port, logged at start)"),
+    Setting("workers", positive_int, 1,
+            "processes serving the port: above 1, a master imports everything, forks this "
+            "many workers that each accept on the port (SO_REUSEPORT) and restarts any that "
+            "dies; needs a broker that spans processes"),
     Setting("interval", positive_float, 10.0, "seconds between tick chunks on /test/"),
     Setting("max_connections", positive_int, 19000,
             "streaming connections held at most; beyond it new ones get 503"),

@@ -3,6 +3,8 @@
 Owns: parsing settings, raising the open-files limit, the listening socket,
 gevent's WSGIServer with our request handler, and a clean shutdown on
 SIGTERM/SIGINT (stop accepting, end every stream with its final chunk, exit 0).
+With ``--workers N`` above 1, :mod:`comet.master` runs instead, and each of its
+workers (:mod:`comet.worker`) serves with the pieces here.
 """
 
 from __future__ import annotations
@@ -284,6 +286,10 @@ def serve(settings: config.Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     settings = config.load(argv)
     config.configure_logging(settings.log_level)
+    if settings.workers > 1:
+        from comet import master  # not at the top: the master and its workers import this
+
+        return master.run(settings)
     try:
         return serve(settings)
     except BrokerUnavailable as exc:

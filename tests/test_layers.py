@@ -72,7 +72,8 @@ def test_the_lives_reach_routing_only_through_the_hub(name):
 
 
 @pytest.mark.parametrize("name", ["server", "app", "hub", "life", "plain", "sleeping",
-                                  "response", "wsgi", "gunicorn", "handshake"])
+                                  "response", "wsgi", "gunicorn", "handshake", "master",
+                                  "worker"])
 def test_serving_code_imports_no_operations_tool(name):
     found = ours(module(name))
     assert not {n for n in found if n.startswith(("comet.tune", "comet.capacity"))}, found

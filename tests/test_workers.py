@@ -1,0 +1,329 @@
+"""``--workers N``: the master, its workers on one port, the whole server's ``/stats``.
+
+Real processes, no mocks, no timing assertions: every wait is on a condition with
+a deadline. A server of several workers needs a broker that spans processes, so
+the tests of the master at work need Redis (``redis_url``); until the Redis broker
+exists they skip, and the refusal, the settings and the pure parts (backoff, the
+sums) are tested here directly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import gevent
+import pytest
+
+from comet import config
+from comet.hub import Hub
+from comet.master import Backoff, death, reserve_port, spans_processes
+from comet.stats import summed
+from comet.worker import fetch
+from tests.chunked import open_stream
+from tests.realserver import RealServer, post
+from tests.workerservers import WorkersServer, alive
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# -- without a broker that spans processes -------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_several_workers_without_a_spanning_broker_are_refused(how):
+    args, env = (["--workers", "3"], {}) if how == "flag" else ([], {"COMET_WORKERS": "3"})
+    done = subprocess.run([sys.executable, "-m", "comet.server", "--host", "127.0.0.1",
+                           "--port", "0", *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "--workers 3 needs a broker that spans processes (--redis)" in done.stderr
+    assert "serving on" not in done.stderr and "started worker" not in done.stderr
+
+
+def test_workers_1_is_the_single_process_server():
+    srv = RealServer("--workers", "1").start()
+    try:
+        assert "workers" not in srv.stats() and "comet.master" not in srv.log_text()
+        assert srv.terminate() == 0
+    finally:
+        srv.stop()
+
+
+def test_only_a_redis_setting_spans_processes():
+    assert not spans_processes(config.load([], environ={}))
+    assert not spans_processes(SimpleNamespace(redis=None))
+    assert spans_processes(SimpleNamespace(redis="redis://127.0.0.1:6379/0"))
+
+
+def test_workers_setting():
+    assert config.load([], environ={}).workers == 1
+    assert config.load([], environ={"COMET_WORKERS": "4"}).workers == 4
+    assert config.load(["--workers", "3"], environ={"COMET_WORKERS": "4"}).workers == 3
+    with pytest.raises(SystemExit, match="COMET_WORKERS"):
+        config.load([], environ={"COMET_WORKERS": "0"})
+
+
+# -- the pure parts ---------------------------------------------------------------------
+
+
+def test_restart_backoff_doubles_to_ten_seconds_and_resets_after_a_healthy_life():
+    backoff = Backoff()
+    assert [backoff.delay(lived=1) for _ in range(10)] == [
+        0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0, 10.0]
+    assert backoff.delay(lived=30) == 0.1
+    assert backoff.delay(lived=2) == 0.2
+
+
+def test_a_death_in_words():
+    assert death(0) == "exit status 0"
+    assert death(1 << 8) == "exit status 1"
+    assert death(signal.SIGKILL) == "killed by SIGKILL"
+
+
+def snapshot(hub: Hub, **changes) -> dict:
+    return {**hub.snapshot(), "pss_bytes": 1000, **changes}
+
+
+def test_the_sum_adds_counts_and_leaves_out_what_is_per_process():
+    hub = Hub(config.Settings())
+    one = snapshot(hub, pid=11, connections={"total": 3, "test": 2, "ws": 1}, accepted=5,
+                   messages={"in": 1, "out": 4, "dropped": 0}, ends={"client gone": 2},
+                   rss_bytes=3000, rss_baseline_bytes=1000, index=0, accepting=True)
+    two = snapshot(hub, pid=12, connections={"total": 1, "events": 1}, accepted=2,
+                   messages={"in": 2, "out": 1, "dropped": 1},
+                   ends={"answered": 1, "client gone": 1}, rss_bytes=2000,
+                   rss_baseline_bytes=1000, index=1, accepting=False)
+    total = summed([one, two])
+    assert total["connections"] == {"total": 4, "test": 2, "ws": 1, "events": 1}
+    assert total["accepted"] == 7 and total["messages"] == {"in": 3, "out": 5, "dropped": 1}
+    assert total["ends"] == {"answered": 1, "client gone": 3}
+    assert total["rss_bytes"] == 5000 and total["pss_bytes"] == 2000
+    assert total["rss_per_connection"] == (5000 - 2000) // 4
+    assert not {"pid", "uptime", "index", "accepting"} & total.keys()
+
+
+def test_what_every_worker_agrees_on_is_kept_and_what_differs_is_left_to_the_entries():
+    hub = Hub(config.Settings())
+    one = snapshot(hub, broker={"kind": "redis", "up": True, "epoch": "a", "reconnects": 1})
+    two = snapshot(hub, broker={"kind": "redis", "up": False, "epoch": "a", "reconnects": 2})
+    assert summed([one, two])["broker"] == {"kind": "redis", "epoch": "a", "reconnects": 3}
+
+
+def test_a_figure_one_worker_cannot_give_is_none_in_the_sum():
+    hub = Hub(config.Settings())
+    total = summed([snapshot(hub), snapshot(hub, pss_bytes=None)])
+    assert total["pss_bytes"] is None and total["rss_per_connection"] is None
+
+
+def test_a_sibling_that_does_not_answer_is_reported_not_waited_for(tmp_path):
+    gone = fetch(tmp_path / "w1-4242.sock")
+    assert gone == {"index": 1, "pid": 4242, "error": gone["error"]}
+    stuck_path = tmp_path / "w2-4343.sock"
+    with socket.socket(socket.AF_UNIX) as stuck:  # listens, never answers
+        stuck.bind(str(stuck_path))
+        stuck.listen(1)
+        with gevent.Timeout(5):
+            got = fetch(stuck_path)
+    assert got == {"index": 2, "pid": 4343, "error": "no answer within 1 s"}
+
+
+def test_the_reserved_port_takes_no_connection_and_lets_workers_listen():
+    reserved = reserve_port("127.0.0.1", 0)
+    port = reserved.getsockname()[1]
+    try:
+        with pytest.raises(ConnectionRefusedError):  # bound, not listening: no accept queue
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        with socket.socket() as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            listener.bind(("127.0.0.1", port))
+            listener.listen(8)
+            for _ in range(20):  # every connection reaches the listener, none the reservation
+                with socket.create_connection(("127.0.0.1", port), timeout=5):
+                    listener.accept()[0].close()
+    finally:
+        reserved.close()
+
+
+# -- a master at work (needs a broker that spans processes) --------------------------------
+
+
+@pytest.fixture
+def redis_url(request) -> str:
+    """A real Redis for the workers' broker; skips while the Redis broker is not built."""
+    if not (ROOT / "comet" / "broker" / "redis.py").exists():
+        pytest.skip("Redis broker not built yet")
+    return request.getfixturevalue("redis_server").url
+
+
+@pytest.fixture
+def start_workers(redis_url):
+    """Start masters with their workers; every process stopped by its pid after the test."""
+    started = []
+
+    def start(*args: str, workers: int = 2) -> WorkersServer:
+        srv = WorkersServer("--redis", redis_url, "--interval", "0.2", *args,
+                            workers=workers).start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+def holding(count: int):
+    return lambda stats: stats["connections"]["total"] == count
+
+
+def streams_on_every_worker(srv: WorkersServer, most: int = 64) -> list:
+    """Open streams until every worker holds at least one (the kernel spreads them)."""
+    streams = []
+    while len(streams) < most:
+        streams.append(open_stream(srv.port, f"/test/user{len(streams)}"))
+        assert streams[-1].next_chunk().startswith(b"comet welcomes you!")
+        held = srv.wait_for(holding(len(streams)), what="every stream counted")
+        if all(w["connections"]["total"] > 0 for w in held["workers"]):
+            return streams
+    raise AssertionError(f"{most} streams did not reach every worker: {srv.stats()}")
+
+
+def close_all(streams) -> None:
+    for stream in streams:
+        stream.close()
+
+
+def test_every_worker_accepts_on_the_one_port(start_workers):
+    srv = start_workers()
+    streams = streams_on_every_worker(srv)
+    try:
+        stats = srv.stats()
+        assert sorted(w["index"] for w in stats["workers"]) == [0, 1]
+        assert len({w["pid"] for w in stats["workers"]} | {srv.master_pid}) == 3
+        assert stats["pid"] == srv.master_pid
+    finally:
+        close_all(streams)
+
+
+def test_stats_sums_are_the_sums_of_the_worker_entries(start_workers):
+    srv = start_workers()
+    streams = streams_on_every_worker(srv)
+    try:
+        post(srv, "/broadcast", b"to all")
+        stats = srv.wait_for(lambda s: s["messages"]["out"] == len(streams),
+                             what="the broadcast delivered on every worker")
+        workers = stats["workers"]
+        for key in ("accepted", "refused", "ids", "rss_bytes", "rss_baseline_bytes"):
+            assert stats[key] == sum(w[key] for w in workers), key
+        for key in ("total", "test"):
+            assert stats["connections"][key] == sum(w["connections"][key] for w in workers)
+        assert stats["messages"]["out"] == sum(w["messages"]["out"] for w in workers)
+        assert stats["master"]["pid"] == srv.master_pid
+    finally:
+        close_all(streams)
+
+
+def ticking(stream) -> bool:
+    """The stream still delivers ticks (it was not on a worker that died)."""
+    try:
+        return stream.next_chunk().startswith(b"Chunk")
+    except (AssertionError, OSError):
+        return False
+
+
+def test_a_killed_worker_is_restarted_at_its_index_and_the_others_keep_their_streams(
+        start_workers):
+    srv = start_workers()
+    streams = streams_on_every_worker(srv)
+    try:
+        before = {w["index"]: w for w in srv.stats()["workers"]}
+        victim = before[1]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        line = srv.wait_for_log(f"worker 1 (pid {victim}) died: killed by SIGKILL")
+        assert "restarting it in" in line
+        stats = srv.wait_for(lambda s: {w["index"] for w in s["workers"]} == {0, 1}
+                             and victim not in {w["pid"] for w in s["workers"]},
+                             what="worker 1 back with a new pid")
+        now = {w["index"]: w for w in stats["workers"]}
+        assert now[0]["pid"] == before[0]["pid"]
+        assert now[0]["connections"]["total"] == before[0]["connections"]["total"]
+        assert (1, now[1]["pid"]) in srv.forked()
+        assert Counter(ticking(s) for s in streams)[True] == before[0]["connections"]["total"]
+    finally:
+        close_all(streams)
+
+
+def test_sigterm_drains_every_worker_and_the_master_exits_0(start_workers):
+    srv = start_workers("--shutdown-timeout", "5")
+    streams = streams_on_every_worker(srv)
+    pids = [pid for _, pid in srv.forked()]
+    srv.signal_master(signal.SIGTERM)
+    for stream in streams:
+        got = stream.chunks_until(lambda c: c.startswith(b"Bye"))
+        assert got[-1] == b"Bye: server shutting down\n" and stream.next_chunk() == b""
+    assert srv.proc.wait(30) == 0
+    assert not [pid for pid in pids if alive(pid)]
+    close_all(streams)
+
+
+def test_sighup_replaces_every_worker_one_at_a_time_and_no_connection_is_refused(
+        start_workers):
+    srv = start_workers()
+    before = srv.workers()
+    outcomes: Counter = Counter()
+    rolling = threading.Event()
+    rolling.set()
+
+    def knock() -> None:
+        while rolling.is_set():
+            outcomes[_knock(srv.port)] += 1
+
+    knocker = threading.Thread(target=knock, daemon=True)
+    knocker.start()
+    try:
+        srv.wait_for_log("serving on")
+        while sum(outcomes.values()) < 20:  # the client is at it before the roll begins
+            time.sleep(0.01)
+        srv.signal_master(signal.SIGHUP)
+        srv.wait_for_log("rolling restart done", timeout=60)
+        after = srv.workers()
+    finally:
+        rolling.clear()
+        knocker.join(30)
+    assert set(after) == {0, 1} and not set(after.values()) & set(before.values())
+    text = srv.log_text()
+    assert text.index(f"worker 0 replaced: pid {after[0]} is accepting, pid {before[0]} stops") \
+        < text.index(f"started worker 1: pid {after[1]} (rolling restart)")
+    assert outcomes["refused"] == 0, outcomes
+    assert set(outcomes) <= {"200", "503"}, outcomes
+
+
+def _knock(port: int) -> str:
+    """One new connection and one request: its status, or what went wrong."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+            head = sock.recv(64)
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError as exc:
+        return type(exc).__name__
+    return head.split(b" ")[1].decode() if head.startswith(b"HTTP/") else repr(head)
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_the_timeout(start_workers):
+    srv = start_workers("--shutdown-timeout", "1")
+    stuck = srv.workers()[1]
+    os.kill(stuck, signal.SIGSTOP)  # stopped: SIGTERM stays pending, as for a blocked loop
+    srv.signal_master(signal.SIGTERM)
+    assert srv.proc.wait(30) == 0
+    assert f"worker 1 (pid {stuck}) did not stop within" in srv.log_text()
+    assert not alive(stuck)
+

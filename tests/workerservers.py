@@ -1,0 +1,78 @@
+"""``python -m comet.server --workers N`` as real processes: the master and its workers.
+
+:class:`WorkersServer` is a :class:`~tests.realserver.RealServer` (it waits for the
+master's "serving on" line) that also knows the workers: from ``/stats`` (who answers
+now, by index) and from the master's log (every pid it ever forked, so that a test
+stops each of them by its pid, even after killing the master outright).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import psutil
+
+from tests.realserver import RealServer
+
+STARTED = re.compile(r"started worker (\d+): pid (\d+)")
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class WorkersServer(RealServer):
+    """A master and its workers, each stopped by its pid after the test."""
+
+    def __init__(self, *args: str, workers: int = 2, env: dict | None = None) -> None:
+        super().__init__("--workers", str(workers), *args, env=env)
+        self.count = workers
+
+    @property
+    def master_pid(self) -> int:
+        return self.proc.pid
+
+    def forked(self) -> list[tuple[int, int]]:
+        """(index, pid) of every worker the master logged starting, in order."""
+        return [(int(m.group(1)), int(m.group(2))) for m in map(STARTED.search, self.lines)
+                if m]
+
+    def workers(self) -> dict[int, int]:
+        """index -> pid of the workers that answered ``/stats`` just now."""
+        return {w["index"]: w["pid"] for w in self.stats()["workers"] if "error" not in w}
+
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> str:
+        """The first log line containing ``text``, once there is one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = next((line for line in list(self.lines) if text in line), None)
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no log line with {text!r} in {timeout} s:\n"
+                                     + self.log_text())
+            time.sleep(0.05)
+
+    def signal_master(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self) -> None:
+        super().stop()
+        for _, pid in self.forked():
+            if alive(pid) and _is_comet(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _is_comet(pid: int) -> bool:
+    """The pid is still one of our workers (and not a recycled pid of something else)."""
+    try:
+        return "comet.server" in " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
