@@ -28,6 +28,7 @@ picture; docs/usage.rst the signals.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import select
@@ -45,7 +46,8 @@ from comet.worker import socket_name
 
 log = logging.getLogger("comet.master")
 
-#: seconds a worker has to say "ready" before it is killed (and the start, or the roll, fails)
+#: seconds a worker has to say "ready" before it is killed (and the start, or the roll,
+#: fails), on top of --redis-wait (a worker waiting for Redis is not stuck)
 READY_TIMEOUT = 30.0
 #: seconds past --shutdown-timeout a stopping worker has to exit before SIGKILL
 STOP_MARGIN = 3.0
@@ -111,6 +113,16 @@ class Worker:
         return f"worker {self.index} (pid {self.pid})"
 
 
+def preload(settings: config.Settings) -> None:
+    """Import now what every worker would import on first use: shared, not N copies.
+
+    The Redis broker's module (and redis-py) is imported where it is used
+    (``hub.broker_for``), so a single process without Redis never loads it.
+    """
+    if settings.redis:
+        importlib.import_module("comet.broker.redis")
+
+
 def reserve_port(host: str, port: int) -> socket.socket:
     """Bind host:port with SO_REUSEPORT and no listen(): the port, held, in no accept group."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -128,6 +140,7 @@ def run(settings: config.Settings) -> int:
                   "reach the clients of another; run one worker, or give --redis",
                   settings.workers)
         return 2
+    preload(settings)
     server.announce_limits(settings)
     try:
         reserved = reserve_port(settings.host, settings.port)
@@ -151,6 +164,7 @@ class Master:
         self.host, self.port = reserved.getsockname()[:2]
         self.rundir = rundir
         self.started = time.time()
+        self.ready_timeout = READY_TIMEOUT + settings.redis_wait
         #: the worker serving each index
         self.workers: dict[int, Worker] = {}
         #: a rolling restart's new worker, not ready yet; its index's old one still serves
@@ -203,7 +217,8 @@ class Master:
     def _timeout(self) -> float | None:
         due = [*self.restarts.values(),
                *(w.kill_at for w in self._children() if w.kill_at is not None),
-               *(w.started + READY_TIMEOUT for w in self._children() if w.ready_fd is not None)]
+               *(w.started + self.ready_timeout for w in self._children()
+                 if w.ready_fd is not None)]
         return max(0.0, min(due) - time.monotonic()) if due else None
 
     def _on_ready(self, worker: Worker) -> None:
@@ -338,8 +353,8 @@ class Master:
                             self.settings.shutdown_timeout + STOP_MARGIN)
                 w.kill_at = None
                 _send(w.pid, signal.SIGKILL)
-            elif not w.ready and w.ready_fd is not None and w.started + READY_TIMEOUT <= now:
-                log.error("%s not ready within %g s: SIGKILL", w, READY_TIMEOUT)
+            elif w.ready_fd is not None and w.started + self.ready_timeout <= now:
+                log.error("%s not ready within %g s: SIGKILL", w, self.ready_timeout)
                 os.close(w.ready_fd)
                 w.ready_fd = None
                 _send(w.pid, signal.SIGKILL)

@@ -35,6 +35,7 @@ from gevent.server import StreamServer
 
 from comet import config, server
 from comet.app import CometApp
+from comet.broker import BrokerUnavailable
 from comet.hub import Hub
 from comet.stats import pss, summed
 
@@ -160,7 +161,11 @@ def run(settings: config.Settings, index: int, port: int, ready_fd: int, rundir:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the master's to act on (a rolling restart)
     if settings.tracemalloc:
         tracemalloc.start(settings.tracemalloc)
-    app = CometApp(settings)
+    try:
+        app = CometApp(settings)
+    except BrokerUnavailable as exc:
+        log.error("worker %d: %s (--redis-wait SECONDS keeps trying at start)", index, exc)
+        return 1
     hub = app.hub
     siblings = Siblings(rundir, index, hub, os.getppid(), master_started)
     app.stats = siblings.stats

@@ -2,9 +2,9 @@
 
 Real processes, no mocks, no timing assertions: every wait is on a condition with
 a deadline. A server of several workers needs a broker that spans processes, so
-the tests of the master at work need Redis (``redis_url``); until the Redis broker
-exists they skip, and the refusal, the settings and the pure parts (backoff, the
-sums) are tested here directly.
+the tests of the master at work run on a real ``redis-server`` of their own
+(``redis_url``; skipped, or failed under ``CI=true``, without one); the refusal,
+the settings and the pure parts (backoff, the sums) are tested directly.
 """
 
 from __future__ import annotations
@@ -17,22 +17,20 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from types import SimpleNamespace
 
 import gevent
 import pytest
 
-from comet import config
+from comet import config, server
+from comet.app import CometApp
 from comet.hub import Hub
 from comet.master import Backoff, death, reserve_port, spans_processes
 from comet.stats import summed
 from comet.worker import fetch
 from tests.chunked import open_stream
-from tests.realserver import RealServer, post
+from tests.realserver import RealServer, free_port, post
 from tests.workerservers import WorkersServer, alive
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # -- without a broker that spans processes -------------------------------------------
 
@@ -152,15 +150,33 @@ def test_the_reserved_port_takes_no_connection_and_lets_workers_listen():
         reserved.close()
 
 
+def test_a_stopping_worker_answers_the_connections_queued_on_its_listener():
+    """Closing a listener of a SO_REUSEPORT group resets what the kernel queued on it;
+    taken first, those connections get an answer instead."""
+    settings = config.Settings(host="127.0.0.1", port=0)
+    app = CometApp(settings)
+    listener = server.listen("127.0.0.1", 0, 16, reuse_port=True)
+    http = server.make_server(settings, app, listener)
+    http.start()
+    port = listener.getsockname()[1]
+    # This greenlet does not yield: the connections wait in the listener's queue.
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    for client in clients:
+        client.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+    assert server.take_waiting(http) == 3
+    server.drain(settings, app, http)
+    for client in clients:
+        with client:
+            assert client.makefile("rb").readline().startswith(b"HTTP/1.1 ")
+
+
 # -- a master at work (needs a broker that spans processes) --------------------------------
 
 
 @pytest.fixture
-def redis_url(request) -> str:
-    """A real Redis for the workers' broker; skips while the Redis broker is not built."""
-    if not (ROOT / "comet" / "broker" / "redis.py").exists():
-        pytest.skip("Redis broker not built yet")
-    return request.getfixturevalue("redis_server").url
+def redis_url(redis_server) -> str:
+    """A real redis-server of the test's own (tests/redisservers.py) for the workers' broker."""
+    return redis_server.url
 
 
 @pytest.fixture
@@ -228,6 +244,31 @@ def test_stats_sums_are_the_sums_of_the_worker_entries(start_workers):
         assert stats["master"]["pid"] == srv.master_pid
     finally:
         close_all(streams)
+
+
+def test_a_message_reaches_its_stream_whichever_worker_took_the_publish(start_workers):
+    srv = start_workers()
+    streams = streams_on_every_worker(srv)
+    try:
+        for number, stream in enumerate(streams):
+            post(srv, f"/send/user{number}", f"for {number}".encode())
+            got = stream.chunks_until(lambda c: c.startswith(b"Recvd msg"))
+            assert got[-1] == f"Recvd msg: for {number}\n".encode()
+    finally:
+        close_all(streams)
+
+
+def test_a_worker_that_cannot_start_stops_the_server_with_exit_status_1():
+    srv = WorkersServer("--redis", f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with pytest.raises(RuntimeError, match="server did not start"):
+            srv.start()
+        assert srv.proc.wait(30) == 1
+        text = srv.log_text()
+        assert "cannot reach Redis at redis://127.0.0.1" in text and "failed to start" in text
+        assert not [pid for _, pid in srv.forked() if alive(pid)]
+    finally:
+        srv.stop()
 
 
 def ticking(stream) -> bool:
