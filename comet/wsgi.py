@@ -27,6 +27,7 @@ import gevent
 
 from comet import config
 from comet.app import CometApp
+from comet.master import spans_processes
 
 log = logging.getLogger("comet.wsgi")
 
@@ -77,6 +78,6 @@ def _end_streams_when_gunicorn_stops(app: CometApp) -> None:
 
 
 _settings = config.Settings(**config.from_environment())
-_worker_lock = None if _settings.redis else _claim_only_worker()
+_worker_lock = None if spans_processes(_settings) else _claim_only_worker()
 application = _make_application(_settings)
 _end_streams_when_gunicorn_stops(application)
