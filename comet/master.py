@@ -90,9 +90,12 @@ class Backoff:
 def death(status: int) -> str:
     """A wait status in words: ``exit status 1``, ``killed by SIGKILL``."""
     code = os.waitstatus_to_exitcode(status)
-    if code < 0:
+    if code >= 0:
+        return f"exit status {code}"
+    try:
         return f"killed by {signal.Signals(-code).name}"
-    return f"exit status {code}"
+    except ValueError:  # a real-time signal has no name
+        return f"killed by signal {-code}"
 
 
 @dataclass(eq=False)
@@ -196,6 +199,8 @@ class Master:
                 self._announce()
         finally:
             self._restore_signals()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         log.info("master stopped (exit status %d)", self.status)
         return self.status
 
