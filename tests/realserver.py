@@ -106,6 +106,22 @@ class RealServer:
     def log_text(self) -> str:
         return "\n".join(self.lines)
 
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> str:
+        """The first log line containing ``text``, once there is one.
+
+        The log reaches the test through a reader thread: a line the server has
+        written (even one written before it exited) may not be in :attr:`lines` yet.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            found = next((line for line in list(self.lines) if text in line), None)
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no log line with {text!r} in {timeout} s:\n"
+                                     + self.log_text())
+            time.sleep(0.05)
+
     def terminate(self, timeout: float = 15.0) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)

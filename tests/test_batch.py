@@ -81,7 +81,7 @@ def test_a_bad_batch_publishes_nothing(server):
     assert answer.status_code == 400
     assert answer.text == "line 2: message must be a non-empty string; nothing was published\n"
     assert server.stats()["messages"]["in"] == 0
-    assert "line 2: message must be a non-empty string" in server.log_text()
+    server.wait_for_log("line 2: message must be a non-empty string")
 
 
 def test_a_batch_needs_its_content_type_and_fits_in_max_batch(start_server):

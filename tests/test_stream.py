@@ -6,7 +6,7 @@ import struct
 import requests
 
 from tests.chunked import open_stream
-from tests.realserver import post, wait_until
+from tests.realserver import post
 
 
 def test_welcome_then_ticks_in_valid_chunks(server):
@@ -94,9 +94,7 @@ def test_slow_reader_is_dropped_not_buffered(start_server):
     assert delivered[-1] == 0, "the slow reader was never dropped"
     stats = server.wait_for(lambda s: s["connections"]["total"] == 0, what="drop")
     assert stats["slow_consumers"] == 1 and stats["messages"]["dropped"] >= 5, stats
-    # The log reaches this process through a reader thread: wait for the line, not race it.
-    wait_until(lambda: "dropping slow consumer slow" in server.log_text(),
-               what="the drop logged")
+    server.wait_for_log("dropping slow consumer slow")
     sock.close()
 
 
@@ -143,4 +141,4 @@ def test_sigterm_ends_streams_cleanly_and_exits_0(server):
     assert got[-1] == b"Bye: server shutting down\n"
     assert stream.next_chunk() == b""  # the zero-length last chunk
     assert server.proc.wait(15) == 0
-    assert "stopped" in server.log_text()
+    server.wait_for_log("stopped")

@@ -44,7 +44,7 @@ def test_oversize_frame_closes_with_1009_without_reading_it(server):
     opcode, frame = ws.recv_data_frame(control_frame=True)
     assert opcode == websocket.ABNF.OPCODE_CLOSE
     assert int.from_bytes(frame.data[:2], "big") == 1009
-    assert "client message over 4096 bytes" in server.log_text()
+    server.wait_for_log("client message over 4096 bytes")
 
 
 def test_slow_consumer_is_closed_with_1008(start_server):

@@ -374,6 +374,6 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_timeout(start_workers
     os.kill(stuck, signal.SIGSTOP)  # stopped: SIGTERM stays pending, as for a blocked loop
     srv.signal_master(signal.SIGTERM)
     assert srv.proc.wait(30) == 0
-    assert f"worker 1 (pid {stuck}) did not stop within" in srv.log_text()
+    srv.wait_for_log(f"worker 1 (pid {stuck}) did not stop within")
     assert not alive(stuck)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 
 import psutil
 
@@ -47,18 +46,6 @@ class WorkersServer(RealServer):
     def workers(self) -> dict[int, int]:
         """index -> pid of the workers that answered ``/stats`` just now."""
         return {w["index"]: w["pid"] for w in self.stats()["workers"] if "error" not in w}
-
-    def wait_for_log(self, text: str, timeout: float = 15.0) -> str:
-        """The first log line containing ``text``, once there is one."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = next((line for line in list(self.lines) if text in line), None)
-            if found is not None:
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no log line with {text!r} in {timeout} s:\n"
-                                     + self.log_text())
-            time.sleep(0.05)
 
     def signal_master(self, signum: int) -> None:
         self.proc.send_signal(signum)
