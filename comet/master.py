@@ -151,6 +151,7 @@ def run(settings: config.Settings) -> int:
         log.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc)
         return 1
     rundir = tempfile.mkdtemp(prefix="comet-")
+    log.info("run directory %s (the workers' stats sockets)", rundir)
     try:
         return Master(settings, reserved, rundir).run()
     finally:

@@ -190,4 +190,15 @@ def run(settings: config.Settings, index: int, port: int, ready_fd: int, rundir:
         log.info("worker %d took %d queued connections before closing", index, taken)
     server.drain(settings, app, http)
     siblings.close(stats_server)
+    if os.getppid() != siblings.master.pid:
+        _remove_if_empty(rundir)
     return 0
+
+
+def _remove_if_empty(rundir: str) -> None:
+    """An orphan's last act: the master that would remove the run directory is gone,
+    so the last worker out does (a sibling still there keeps it, and removes it later)."""
+    try:
+        os.rmdir(rundir)
+    except OSError:
+        pass

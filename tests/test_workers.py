@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import gevent
@@ -29,7 +30,7 @@ from comet.master import Backoff, death, reserve_port, spans_processes
 from comet.stats import summed
 from comet.worker import fetch
 from tests.chunked import open_stream
-from tests.realserver import RealServer, free_port, post
+from tests.realserver import RealServer, free_port, post, wait_until
 from tests.workerservers import WorkersServer, alive
 
 # -- without a broker that spans processes -------------------------------------------
@@ -319,6 +320,21 @@ def test_sigterm_drains_every_worker_and_the_master_exits_0(start_workers):
     assert srv.proc.wait(30) == 0
     assert not [pid for pid in pids if alive(pid)]
     close_all(streams)
+
+
+def test_workers_of_a_master_killed_outright_drain_and_remove_the_run_directory(
+        start_workers):
+    srv = start_workers()
+    rundir = Path(srv.wait_for_log("run directory ").split("run directory ")[1].split()[0])
+    streams = streams_on_every_worker(srv)
+    pids = [pid for _, pid in srv.forked()]
+    srv.proc.kill()
+    for stream in streams:
+        got = stream.chunks_until(lambda c: c.startswith(b"Bye"))
+        assert got[-1] == b"Bye: server shutting down\n" and stream.next_chunk() == b""
+    close_all(streams)
+    wait_until(lambda: not [pid for pid in pids if alive(pid)], what="every worker gone")
+    wait_until(lambda: not rundir.exists(), what="the run directory removed")
 
 
 def test_sighup_replaces_every_worker_one_at_a_time_and_no_connection_is_refused(

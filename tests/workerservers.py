@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import subprocess
+from pathlib import Path
 
 import psutil
 
 from tests.realserver import RealServer
 
 STARTED = re.compile(r"started worker (\d+): pid (\d+)")
+RUNDIR = re.compile(r"run directory (\S+) ")
 
 
 def alive(pid: int) -> bool:
@@ -51,10 +55,20 @@ class WorkersServer(RealServer):
         self.proc.send_signal(signum)
 
     def stop(self) -> None:
+        """SIGTERM first, so that the master removes its run directory; then by force."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
         super().stop()
         for _, pid in self.forked():
             if alive(pid) and _is_comet(pid):
                 os.kill(pid, signal.SIGKILL)
+        rundir = next((m.group(1) for m in map(RUNDIR.search, self.lines) if m), None)
+        if rundir and Path(rundir).name.startswith("comet-"):
+            shutil.rmtree(rundir, ignore_errors=True)  # left only by a master killed outright
 
 
 def _is_comet(pid: int) -> bool:
