@@ -22,6 +22,8 @@ from types import SimpleNamespace
 
 import gevent
 import pytest
+import requests
+import websocket
 
 from comet import config, server
 from comet.app import CometApp
@@ -31,6 +33,7 @@ from comet.stats import summed
 from comet.worker import fetch
 from tests.chunked import open_stream
 from tests.realserver import RealServer, free_port, post, wait_until
+from tests.sse import open_events
 from tests.workerservers import WorkersServer, alive
 
 # -- without a broker that spans processes -------------------------------------------
@@ -393,3 +396,82 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_timeout(start_workers
     srv.wait_for_log(f"worker 1 (pid {stuck}) did not stop within")
     assert not alive(stuck)
 
+
+
+# -- no sticky sessions: every transport, broadcasts, and a client whose worker died ----
+
+
+def events_on_every_worker(srv: WorkersServer, most: int = 64) -> list:
+    """SSE subscribers (ids ``e0``, ``e1``...) until every worker holds at least one."""
+    streams = []
+    while len(streams) < most:
+        streams.append(open_events(srv.port, f"/events/e{len(streams)}"))
+        count = len(streams)
+        held = srv.wait_for(lambda s, count=count: s["broker"]["subscribed_ids"] == count,
+                            what="every subscriber's id subscribed")
+        if all(w["connections"].get("events", 0) > 0 for w in held["workers"]):
+            return streams
+    raise AssertionError(f"{most} subscribers did not reach every worker: {srv.stats()}")
+
+
+def test_every_transport_gets_its_message_once_whichever_worker_holds_it(start_workers):
+    srv = start_workers()
+    events = events_on_every_worker(srv)
+    sockets = [websocket.create_connection(f"ws://127.0.0.1:{srv.port}/ws/e{n}", timeout=10)
+               for n in range(len(events))]
+    polls = {}
+
+    def poll(n: int) -> None:
+        polls[n] = requests.get(f"{srv.url}/poll/e{n}", timeout=20).json()
+
+    waiting = [threading.Thread(target=poll, args=(n,)) for n in range(len(events))]
+    for thread in waiting:
+        thread.start()
+    srv.wait_for(lambda s: s["connections"].get("poll") == len(events)
+                 and s["connections"].get("ws") == len(events), what="every subscriber held")
+    try:
+        sent = [post(srv, f"/send/e{n}", b"for %d" % n)["message"] for n in range(len(events))]
+        every = post(srv, "/broadcast", b"to all")["message"]
+        for n, stream in enumerate(events):
+            got = [stream.next_message() for _ in range(2)]
+            assert [(e.id, e.data) for e in got] == [(sent[n], f"for {n}"), (every, "to all")]
+            assert [sockets[n].recv(), sockets[n].recv()] == [f"for {n}", "to all"]
+        for thread in waiting:
+            thread.join(20)
+        assert {n: [m["id"] for m in answer["messages"]] for n, answer in polls.items()} == {
+            n: [sent[n]] for n in range(len(events))}
+        stats = srv.stats()
+        # each SSE and WebSocket got two, each poll one: exactly once, nothing more
+        assert stats["messages"]["out"] == 5 * len(events)
+    finally:
+        for stream in events:
+            stream.close()
+        for ws in sockets:
+            ws.close()
+
+
+def test_a_client_whose_worker_was_killed_resumes_on_a_worker_with_every_message_once(
+        start_workers):
+    srv = start_workers()
+    events = events_on_every_worker(srv)
+    try:
+        first = [post(srv, f"/send/e{n}", b"first")["message"] for n in range(len(events))]
+        for n, stream in enumerate(events):
+            assert stream.next_message().id == first[n]
+        victim = srv.stats()["workers"][1]
+        os.kill(victim["pid"], signal.SIGKILL)
+        srv.wait_for_log(f"worker 1 (pid {victim['pid']}) died")
+        # Accepted while the victim's clients are cut off: each must come once, in order.
+        meanwhile = {n: [post(srv, f"/send/e{n}", b"m%d" % k)["message"] for k in range(3)]
+                     for n in range(len(events))}
+        for n, stream in enumerate(events):
+            stream.close()
+            resumed = open_events(srv.port, f"/events/e{n}", {"Last-Event-ID": first[n]})
+            got = [resumed.next_message() for _ in range(3)]
+            assert [e.id for e in got] == meanwhile[n], f"subscriber e{n}"
+            later = post(srv, f"/send/e{n}", b"later")["message"]
+            assert resumed.next_message().id == later  # and nothing twice before it
+            resumed.close()
+    finally:
+        for stream in events:
+            stream.close()
