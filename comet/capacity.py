@@ -158,8 +158,8 @@ def plan_lines(figures: Figures, connections: int, *, loopback: bool, nofile_har
     procs = processes_needed(n, nofile_hard)
     lines.append(f"  server processes        {procs} (open files per process: {nofile_hard:,} "
                  f"hard, {SERVER_FD_MARGIN:,} kept for the process itself)"
-                 + ("; more than one: independent servers, each with its own ids, until the "
-                    "broker exists" if procs > 1 else ""))
+                 + (f"; more than one: --workers {procs} --redis URL, one server through "
+                    "Redis" if procs > 1 else ""))
     lines.append(f"  flood source addresses  {source_addresses_needed(n, port_range)} in "
                  f"127.0.0.0/8 or on the client's NICs ({ports_per_source(port_range):,} "
                  f"ephemeral ports each, ip_local_port_range {port_range[0]} {port_range[1]}); "

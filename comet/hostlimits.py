@@ -191,7 +191,7 @@ def open_files_checks(per_process: int, connections: int) -> list[Check]:
     """This process's RLIMIT_NOFILE, soft and hard, against ``per_process`` connections.
 
     When the hard limit is short the way out is more processes, so the advice says how
-    many ``connections`` in all would take, and that they would be independent servers.
+    many ``connections`` in all would take: the master's workers over Redis.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = open_files_needed(per_process)
@@ -204,9 +204,9 @@ def open_files_checks(per_process: int, connections: int) -> list[Check]:
         return checks
     procs = processes_needed(connections, hard)
     instead = (f"instead run {procs} processes of <= {connections_per_process(hard):,} "
-               f"connections each (--workers {procs} checks that), independent servers each "
-               "serving its own ids: until the broker exists a message reaches only the "
-               "clients of the server it is posted to")
+               f"connections each (--workers {procs} checks that): python -m comet.server "
+               f"--workers {procs} --redis URL, one server whose workers deliver to each "
+               "other's clients through Redis")
     if can_raise_hard_limits():
         checks.append(Check("RLIMIT_NOFILE hard", str(hard), shown, "CHANGE",
                             "raise in conf/limits.conf or LimitNOFILE (<= fs.nr_open); or "

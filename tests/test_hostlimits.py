@@ -155,7 +155,7 @@ def test_startup_problems_names_open_files_limits_and_the_way_out(tmp_path):
                     "or conf/limits.conf")
     assert hard.startswith("RLIMIT_NOFILE hard = 4096, needs >= 6000 for --max-connections 5000")
     assert "run 2 processes of <= 3,096 connections each (--workers 2 checks that)" in hard
-    assert "until the broker exists" in hard and "--redis" not in hard
+    assert "python -m comet.server --workers 2 --redis URL" in hard
 
 
 # -- who imports whom -------------------------------------------------------------------------

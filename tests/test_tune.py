@@ -161,8 +161,7 @@ def test_hard_open_files_limit_too_low_says_run_more_processes(tmp_path):
             if line.startswith("RLIMIT_NOFILE")}
     assert seen["soft"] == "CHANGE" and seen["hard"] in ("CANNOT", "CHANGE")
     assert "run 33 processes of <= 3,096 connections each (--workers 33" in result.stdout
-    assert "independent servers each serving its own ids" in result.stdout
-    assert "--redis" not in result.stdout                       # no such flag (yet)
+    assert "python -m comet.server --workers 33 --redis URL" in result.stdout
     assert result.returncode == 1
 
 
@@ -189,7 +188,7 @@ def test_capacity_plan_comes_from_bench_json(tmp_path):
     assert "server processes        53" in out                           # 1e6 / 19,000
     assert "flood source addresses  16" in out                           # 1e6 / 64,512 ports
     assert "flood processes: 51 (64 files kept each)" in out             # 1e6 / 19,936
-    assert "independent servers, each with its own ids" in out
+    assert "more than one: --workers 53 --redis URL, one server through Redis" in out
 
 
 def test_capacity_defaults_are_the_measured_figures():
