@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.realserver import wait_until
+
 try:
     import redis
 except ImportError:  # redis_binary_or_skip says so; the rest of the suite still runs
@@ -88,14 +90,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
-
-
-def _wait(holds, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not holds():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} never held in {timeout} s")
-        time.sleep(0.005)
 
 
 class RedisServer:
@@ -387,7 +381,7 @@ class RedisCluster:
                 return False
             views = [self.owners(i) for i in range(len(self.nodes))]
             return all(view == views[0] and None not in view for view in views)
-        _wait(agreed, timeout, "every cluster node ok and agreeing on the slots")
+        wait_until(agreed, timeout, what="every cluster node ok and agreeing on the slots")
 
     def move_slot(self, slot: int, to: int, timeout: float = 30.0) -> None:
         """Move ``slot`` and its keys to node ``to``, the way ``redis-cli --cluster
@@ -406,9 +400,9 @@ class RedisCluster:
         others = [i for i in range(len(self.nodes)) if i not in (source, to)]
         for index in (to, source, *others):
             self._admin(index).execute_command("CLUSTER SETSLOT", slot, "NODE", self.ids[to])
-        _wait(lambda: all(self.owners(i)[slot] == self.ids[to]
-                          for i in range(len(self.nodes))),
-              timeout, f"every node seeing slot {slot} on node {to}")
+        wait_until(lambda: all(self.owners(i)[slot] == self.ids[to]
+                               for i in range(len(self.nodes))),
+                   timeout, what=f"every node seeing slot {slot} on node {to}")
 
     def flushall(self) -> None:
         for index in range(len(self.nodes)):
