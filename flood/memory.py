@@ -28,20 +28,50 @@ def process_tree(pids: list[int]) -> list[psutil.Process]:
 
 
 def process_memory(pids: list[int], pss: bool = True) -> dict:
-    """Summed RSS and (when asked, it reads smaps so it is slower) PSS, in bytes."""
+    """Summed RSS and (when asked, it reads smaps so it is slower) PSS, in bytes.
+
+    ``by_process`` keeps each process's own figures (given pids first, then their
+    children): a master and its workers share pages copy-on-write, so only the PSS
+    sum is the server's memory; the parts say which process grew. ``pss_anon_bytes``
+    is the PSS of anonymous pages alone (heap, stacks): PSS also splits file pages
+    (the Python binary, shared libraries) with every other process mapping them, so a
+    flood process starting lowers the server's PSS without the server doing anything;
+    the anonymous share moves only with what the server allocates.
+    """
     rss = pss_total = 0
+    anon: int | None = 0
     procs = process_tree(pids)
+    parts = []
     for proc in procs:
         try:
             if pss:
                 info = proc.memory_full_info()
+                own_anon = pss_anon(proc.pid)
                 pss_total += info.pss
                 rss += info.rss
+                anon = None if anon is None or own_anon is None else anon + own_anon
+                parts.append({"pid": proc.pid, "rss_bytes": info.rss, "pss_bytes": info.pss,
+                              "pss_anon_bytes": own_anon})
             else:
                 rss += proc.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return {"rss_bytes": rss, "pss_bytes": pss_total if pss else None, "processes": len(procs)}
+    return {"rss_bytes": rss, "pss_bytes": pss_total if pss else None,
+            "pss_anon_bytes": anon if pss else None, "processes": len(procs),
+            "by_process": parts if pss else None}
+
+
+def pss_anon(pid: int) -> int | None:
+    """``Pss_Anon`` of /proc/PID/smaps_rollup in bytes; None where the kernel has none
+    (before Linux 5.7) or the process is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss_Anon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def slab_bytes() -> int:
