@@ -20,6 +20,8 @@ import argparse
 import copy
 import datetime
 import os
+import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -27,7 +29,7 @@ import time
 import gevent
 
 from comet.hostlimits import FLOOD_FD_MARGIN, processes_needed, raise_open_files_limit
-from flood import benchtable, measure, memory, stats
+from flood import benchtable, measure, memory, redisproc, stats
 from flood.measure import SAMPLE, ServerUnderTest, Timeline
 from flood.procs import Children
 from flood.report import write_json
@@ -46,6 +48,8 @@ class Bench:
         self.timeline = Timeline(self.server, args.connections)
         self.result: dict = {}
         self.client_procs = 0
+        #: the redis-server this run started (``--redis-server``), stopped with the server
+        self.redis: redisproc.RedisProcess | None = None
 
     def flood(self, url_file: str) -> tuple[Children, dict]:
         """Start the flood processes and sample until every connection was tried."""
@@ -85,6 +89,20 @@ class Bench:
             self.timeline.show("hold", self.timeline.sample(children), 0)
         return stats.sum_snapshots(children.snapshots())
 
+    def use_redis(self, out_dir: str) -> None:
+        """The server's Redis: one started now (``--redis-server``), or ``--redis URL``.
+
+        Started before the server, which needs it at start, and stopped after it in
+        :meth:`run`'s cleanup, which every way out of a run passes through.
+        """
+        if self.args.redis_server:
+            self.redis = redisproc.RedisProcess(out_dir)
+            self.redis.start()
+            self.server.redis_url, self.server.redis_pid = self.redis.url, self.redis.pid
+            self.result["redis_log"] = self.redis.log_path
+        elif self.args.redis:
+            self.server.redis_url = self.args.redis
+
     def run(self) -> dict:
         args = self.args
         server = self.server
@@ -94,13 +112,16 @@ class Bench:
                            server_args=args.server_args or "", unread=args.unread,
                            date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                            connections_requested=args.connections, rate_requested=args.rate,
+                           workers=args.workers,
                            tcp=memory.tcp_buffers())
         children = None
         fd, url_file = tempfile.mkstemp(prefix="bench-urls-", suffix=".txt")
         try:
+            self.use_redis(out_dir)
             if not args.target:
                 self.result["server_command"] = server.start(out_dir)
             server.wait_healthy()
+            server.wait_workers()
             self.result["target"] = server.url
             path = TRANSPORTS[args.transport].path
             with os.fdopen(fd, "w") as fh:
@@ -124,6 +145,9 @@ class Bench:
                 args.fanout_timeout)
             self.result.update(measure.figures(before, after, ready, ramp, held, fan,
                                                server.pids, self.client_procs))
+            if server.redis_url:
+                self.result.update(redisproc.figures(server.redis_url, server.redis_pid,
+                                                     before, after, held))
             if args.churn:
                 self.result["churn"] = measure.churn(server, children, before,
                                                      args.churn_timeout)
@@ -132,8 +156,13 @@ class Bench:
             if children is not None:
                 children.stop()
                 children.wait(timeout=30)
-            server.stop()
-            os.unlink(url_file)
+            try:
+                server.stop()
+            finally:
+                if self.redis is not None:
+                    self.redis.stop()
+                os.unlink(url_file)
+        self.result["server_pids_seen"] = list(server.seen)
         self.result["series"] = self.timeline.series
         return self.result
 
@@ -164,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "measure with the socket buffers full (no fan-out timing)")
     p.add_argument("--unread-bytes", type=int, default=65536,
                    help="bytes per connection sent with --unread, in 8 KiB broadcasts")
+    p.add_argument("--workers", type=int,
+                   help="the server bench starts runs N worker processes under a master "
+                        "(comet.server --workers N); above 1 needs --redis-server or --redis")
+    p.add_argument("--redis-server", action="store_true",
+                   help="start a redis-server for the run (free 127.0.0.1 port, persistence "
+                        "off), give it to the server as --redis, measure it, stop it")
+    p.add_argument("--redis", metavar="URL",
+                   help="a running Redis for the server (or the one --target uses): measured "
+                        "by INFO, never started or stopped")
     p.add_argument("--port", type=int, help="port for the server bench starts (default: free)")
     p.add_argument("--target", help="use this running server instead: http://127.0.0.1:8000")
     p.add_argument("--server-pid", type=int, help="with --target: its pid, for memory figures")
@@ -182,13 +220,31 @@ def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpars
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     # the command line as parsed (main's argv, else sys.argv), for the JSON's "command"
-    args.command = ["flood.bench", *argv]
+    args.command = ["flood.bench", *(redisproc.redacted(a) if a == args.redis else a
+                                     for a in argv)]
     if args.target and not args.server_pid:
         parser.error("--target needs --server-pid (bench measures that process's memory)")
     if args.connections < 1 or args.rate <= 0 or args.broadcasts < 1:
         parser.error("--connections, --rate and --broadcasts must be positive")
     if args.target and (args.server_args or args.modes):
         parser.error("--server-args and --modes need a server bench starts, not --target")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be 1 or more")
+    if (args.workers or 1) > 1 and not (args.redis_server or args.redis):
+        parser.error(f"--workers {args.workers} needs --redis-server or --redis URL: each "
+                     "worker has its own router, so only a broker that spans processes "
+                     "delivers a message to the clients of every worker (the server "
+                     "refuses to start without one)")
+    if args.redis_server and args.redis:
+        parser.error("--redis-server starts a Redis, --redis URL uses a running one: not both")
+    if args.target and (args.workers or args.redis_server):
+        parser.error("--workers and --redis-server need a server bench starts, not --target "
+                     "(give a master's pid as --server-pid: its workers are found)")
+    taken = {"--workers", "--redis"} & {a.split("=")[0] for a in
+                                        shlex.split(args.server_args or "")}
+    if taken:
+        parser.error(f"{', '.join(sorted(taken))} in --server-args: give bench's own flag, "
+                     "so that it measures (and starts) what the server uses")
     if args.unread and args.transport == "poll":
         parser.error("--unread with poll: an unread poll never asks again; use another transport")
     if args.modes:
@@ -235,6 +291,20 @@ def compare(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _checked(build_parser(), argv)
+    # SIGTERM (a timeout, a CI runner) ends a run as Ctrl-C does: through the cleanup
+    # that stops the flood, the server and its workers, and the Redis bench started.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return bench(args)
+    except KeyboardInterrupt:
+        print("bench: interrupted; the processes it started are stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def bench(args: argparse.Namespace) -> int:
+    """One run or ``--modes``: the table, the JSON; exit status 0 when anything was held."""
     if not args.modes:
         result = run_one(args)
         print("\n".join(benchtable.table(result)))

@@ -30,9 +30,12 @@ def rows(r: dict) -> list[tuple[str, str]]:
         ("accept rate", f"{rate:.0f} conn/s over {r['ramp_s']:.2f} s" if rate else "-"),
         ("server RSS", f"{r['server_rss_before'] / MB:.1f} -> {r['server_rss_after'] / MB:.1f} MB"
                        f" = {r['server_kb_per_conn']:.2f} KB/conn"
-                       f" ({r['server_processes']} process(es))"),
+                       f" ({_processes(r['server_processes'])})"),
         ("server PSS", f"{r['server_pss_before'] / MB:.1f} -> {r['server_pss_after'] / MB:.1f} MB"
-                       f" = {r['server_pss_kb_per_conn']:.2f} KB/conn"),
+                       f" = {r['server_pss_kb_per_conn']:.2f} KB/conn"
+                       f" (anonymous pages: {_num(r.get('server_pss_anon_kb_per_conn'))})"),
+        *process_rows(r),
+        *redis_rows(r),
         ("kernel slab", f"{(r['slab_after'] - r['slab_before']) / MB:+.1f} MB"
                         f" = {r['slab_kb_per_conn']:.2f} KB/conn (both loopback ends)"),
         ("kernel TCP mem", f"{r['tcp_mem_pages_before']} -> {r['tcp_mem_pages_after']} pages"
@@ -94,3 +97,52 @@ def fanout_text(fan: dict) -> str:
             else f"{fan['received']} of {fan['expected']} received")
     return (f"{done}: p50 {fan['p50_ms']:.1f} ms, p99 {fan['p99_ms']:.1f} ms, "
             f"max {fan['max_ms']:.1f} ms, {fan['deliveries_per_s'] or 0:.0f} deliveries/s")
+
+
+def process_rows(r: dict) -> list[tuple[str, str]]:
+    """Each server process's PSS with the connections held, when there are several."""
+    parts = r.get("server_by_process_after") or []
+    if len(parts) < 2:
+        return []
+    head, rest = parts[0], parts[1:]
+    master = "master" in (r.get("server_stats_after") or {}) or (r.get("workers") or 1) > 1
+    text = (f"{'master' if master else 'server'} {head['pid']} {head['pss_bytes'] / MB:.1f} MB; "
+            + ("workers " if master else "children ")
+            + ", ".join(f"{p['pid']} {p['pss_bytes'] / MB:.1f}" for p in rest) + " MB")
+    return [("server PSS, each process", text)]
+
+
+def redis_rows(r: dict) -> list[tuple[str, str]]:
+    """Redis's growth, when the server uses one: the broker's share of a connection."""
+    if not r.get("redis_url"):
+        return []
+    where = (f"pid {r['redis_pid']}, started by bench" if r.get("redis_started")
+             else f"{r['redis_rss_from']} of {r['redis_url']}")
+    per_id = r.get("redis_bytes_per_id")
+    rows = [
+        ("Redis RSS", f"{_mb(r['redis_rss_before'])} -> {_mb(r['redis_rss_after'])} MB"
+                      f" = {_num(r['redis_kb_per_conn'])} KB/conn ({where})"),
+        ("Redis used_memory", f"{_mb(r['redis_used_memory_before'])} -> "
+                              f"{_mb(r['redis_used_memory_after'])} MB = "
+                              f"{'-' if per_id is None else f'{per_id:.0f}'} B per subscribed id"
+                              f" ({r.get('redis_ids')} ids)"),
+        ("server + Redis userland", f"{_num(r['server_redis_kb_per_conn'])} KB/conn"
+                                    " (server PSS + Redis RSS growth)"),
+    ]
+    if r.get("redis_errors"):
+        rows.append(("Redis errors", "; ".join(r["redis_errors"])))
+    return rows
+
+
+def _mb(value: int | None) -> str:
+    return "-" if value is None else f"{value / MB:.1f}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _processes(count: int) -> str:
+    if count < 2:
+        return f"{count} process"
+    return f"{count} processes: pages they share counted in each, PSS splits them"

@@ -31,11 +31,18 @@ import gevent
 import psutil
 import requests
 
-from flood import benchtable, latency, memory, stats
+from flood import benchtable, latency, memory, redisproc, stats
 from flood.procs import Children
 
 #: Seconds between samples while ramping and holding (also the flood's snapshot rate).
 SAMPLE = 0.25
+#: Seconds after the server is ready before Redis is measured: Redis shrinks the query
+#: buffer of a client idle for 2 s (tens of KB each, the server's connections just made),
+#: and a "before" read ahead of that makes Redis seem to shrink while the flood subscribes.
+REDIS_SETTLE = 3.0
+#: Seconds a stopping server has: its own drain (``--shutdown-timeout``, 5 s) and a
+#: master's grace for a worker past it (3 s), with room to spare.
+STOP_TIMEOUT = 20.0
 
 
 def _http(method: str, url: str, data: bytes | None = None, timeout: float = 10.0):
@@ -57,19 +64,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _running(proc: psutil.Process) -> bool:
+    """Alive (the same process, not a reused pid) and not a zombie awaiting its parent."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class ServerUnderTest:
-    """The server under test; :attr:`pids` stays empty until ``--server-pid`` or :meth:`start`."""
+    """The server under test: one process, or a ``--workers`` master and its workers.
+
+    Its memory and CPU are those of every process it is made of, found again at each
+    reading (:attr:`pids`) because a master restarts a worker that dies, and the
+    newcomer's memory is the server's as much as the one it replaced.
+    """
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         #: The server bench started, or None when it measures ``--target``.
         self.process: subprocess.Popen | None = None
-        #: The processes whose memory and CPU count as the server's.
-        self.pids: list[int] = [args.server_pid] if args.server_pid else []
+        #: The server's own process (a master, with ``--workers``): bench started it or
+        #: ``--server-pid`` named it; None until then.
+        self.root: int | None = args.server_pid
+        #: Every process :attr:`pids` ever found, by pid, in order: what must be gone after
+        #: a run. A psutil.Process knows its start time, so a pid the system gave to
+        #: another process since is never signalled by mistake.
+        self.seen: dict[int, psutil.Process] = {}
         #: Base URL without a trailing slash.
         self.url = (args.target or "").rstrip("/")
+        #: The Redis the server uses (bench's own, or ``--redis URL``), measured with it;
+        #: None: the in-process broker. A server bench starts is given it as ``--redis``.
+        self.redis_url: str | None = None
+        #: That Redis's pid when bench started it (its RSS by psutil); else None.
+        self.redis_pid: int | None = None
         #: Where a started server's output goes, named in errors.
         self.log_path = ""
+        #: When every process of the server was accepting (:meth:`wait_workers`).
+        self.ready_at = 0.0
+
+    @property
+    def pids(self) -> list[int]:
+        """The server's process and its children now (a master's workers), root first."""
+        return [proc.pid for proc in self.processes()]
+
+    def processes(self) -> list[psutil.Process]:
+        """The server's processes now, each also kept in :attr:`seen`."""
+        found = memory.process_tree([self.root]) if self.root is not None else []
+        for proc in found:
+            self.seen.setdefault(proc.pid, proc)
+        return found
 
     def start(self, out_dir: str) -> list[str]:
         """Start ``comet.server`` with room for the whole flood; the command, for the JSON."""
@@ -77,13 +121,17 @@ class ServerUnderTest:
         self.url = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "comet.server", "--host", "127.0.0.1", "--port", str(port),
                "--interval", str(self.args.interval),
-               "--max-connections", str(self.args.connections + 100),
-               *shlex.split(self.args.server_args or "")]
+               "--max-connections", str(self.args.connections + 100)]
+        if self.args.workers:
+            cmd += ["--workers", str(self.args.workers)]
+        if self.redis_url:
+            cmd += ["--redis", self.redis_url]
+        cmd += shlex.split(self.args.server_args or "")
         self.log_path = os.path.join(out_dir, f"bench-server-{port}.log")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        self.pids = [self.process.pid]
-        return cmd
+        self.root = self.process.pid
+        return [redisproc.redacted(a) if a == self.redis_url else a for a in cmd]
 
     def wait_healthy(self) -> None:
         """Until /health answers 200: a server just started, or one given by --target."""
@@ -100,16 +148,53 @@ class ServerUnderTest:
             gevent.sleep(0.2)
         raise SystemExit(f"bench: no /health from {self.url} in 30 s; {where}")
 
+    def wait_workers(self) -> None:
+        """With ``--workers N``: until /stats counts N workers accepting, not just one.
+
+        /health answers as soon as one worker accepts; a flood started then would
+        all go to that one, and the memory taken before would miss the others.
+        """
+        want = self.args.workers or 1
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            answer = self.stats() or {}
+            ready = [w for w in answer.get("workers") or [] if w.get("accepting")]
+            if want < 2 or len(ready) >= want:
+                self.ready_at = time.time()
+                return
+            if self.process is not None and self.process.poll() is not None:
+                raise SystemExit(f"bench: the server exited {self.process.returncode}; "
+                                 f"see {self.log_path}")
+            gevent.sleep(0.2)
+        raise SystemExit(f"bench: {want} workers not all accepting in 30 s; see {self.log_path}")
+
     def stop(self) -> None:
-        """Stop the server bench started; one given by --target is left running."""
-        if self.process is None or self.process.poll() is not None:
+        """Stop the server bench started, by pid; one given by --target is left running.
+
+        SIGTERM to the master stops its workers; a worker still there once the master
+        is gone (killed after its grace, or dead before bench stopped it) is stopped by
+        its own pid, so no process of the run outlives it.
+        """
+        if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.processes()  # into seen: a worker forked since the last sample
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for proc in self.seen.values():
+            if proc.pid == self.process.pid or not _running(proc):
+                continue
+            try:
+                proc.terminate()
+                proc.wait(timeout=STOP_TIMEOUT)
+            except psutil.TimeoutExpired:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
 
     def stats(self) -> dict | None:
         """``/stats``, or None: a server too busy to answer must not end the run."""
@@ -119,15 +204,18 @@ class ServerUnderTest:
             return None
 
     def wait_idle(self) -> None:
-        """Warm the server up (one request of each kind), then wait for quiet CPU."""
+        """Warm the server up (one request of each kind), then wait for quiet CPU, and
+        with Redis until its clients' buffers have settled (:data:`REDIS_SETTLE`)."""
         self.stats()
-        procs = memory.process_tree(self.pids)
+        procs = self.processes()
         for proc in procs:
             proc.cpu_percent(interval=None)  # the first call only starts the clock
         for _ in range(30):
             gevent.sleep(0.5)
             if sum(p.cpu_percent(interval=None) for p in procs) < 10:
-                return
+                break
+        if self.redis_url:
+            gevent.sleep(max(0.0, self.ready_at + REDIS_SETTLE - time.time()))
 
     def post(self, path: str, body: bytes, timeout: float = 10.0) -> requests.Response:
         """POST to the server (``/broadcast``) without blocking the flood pipes."""
@@ -143,7 +231,7 @@ class Timeline:
         self.series: list[dict] = []
         self.t0 = time.time()
         self.progress = sys.stderr.isatty()
-        self._cpu_procs: list[psutil.Process] = []
+        self._cpu_procs: dict[int, psutil.Process] = {}
 
     def elapsed(self) -> float:
         """Seconds since the run began, as every ``t`` in the JSON counts them."""
@@ -168,15 +256,21 @@ class Timeline:
         return total
 
     def server_cpu(self) -> float:
-        """CPU % of the server processes since the previous sample (100 = one core)."""
-        if not self._cpu_procs:
-            self._cpu_procs = memory.process_tree(self.server.pids)
+        """CPU % of the server processes since the previous sample (100 = one core).
+
+        Its processes are found again each time (a restarted worker counts from its
+        first sample on); a process object is kept between samples because its CPU %
+        is measured from the previous call on that same object.
+        """
         total = 0.0
-        for proc in self._cpu_procs:
+        now: dict[int, psutil.Process] = {}
+        for proc in self.server.processes():
+            proc = now[proc.pid] = self._cpu_procs.get(proc.pid, proc)
             try:
                 total += proc.cpu_percent(interval=None)
             except psutil.NoSuchProcess:
                 pass
+        self._cpu_procs = now
         return total
 
     def show(self, phase: str, total: dict, rate: float) -> None:
@@ -190,9 +284,13 @@ class Timeline:
 
 
 def snapshot(server: ServerUnderTest, timeline: Timeline) -> dict:
-    """Server and kernel memory at one moment, with /stats to say what the server held."""
+    """Server, Redis and kernel memory at one moment, with /stats to say what the server held."""
+    redis = None
+    if server.redis_url:
+        redis = gevent.get_hub().threadpool.apply(
+            redisproc.memory, (server.redis_url, server.redis_pid))
     return {"server": memory.process_memory(server.pids), "kernel": memory.kernel(),
-            "server_stats": server.stats(), "t": timeline.elapsed()}
+            "redis": redis, "server_stats": server.stats(), "t": timeline.elapsed()}
 
 
 def fanout(server: ServerUnderTest, timeline: Timeline, children: Children, expected: int,
@@ -293,6 +391,10 @@ def figures(before: dict, after: dict, ready: dict, ramp: dict, held: dict,
         "server_kb_per_conn": (sa["rss_bytes"] - sb["rss_bytes"]) / n / 1024,
         "server_pss_before": sb["pss_bytes"], "server_pss_after": sa["pss_bytes"],
         "server_pss_kb_per_conn": (sa["pss_bytes"] - sb["pss_bytes"]) / n / 1024,
+        "server_pss_anon_before": sb["pss_anon_bytes"],
+        "server_pss_anon_after": sa["pss_anon_bytes"],
+        "server_pss_anon_kb_per_conn": _kb_per_conn(sb["pss_anon_bytes"], sa["pss_anon_bytes"], n),
+        "server_by_process_before": sb["by_process"], "server_by_process_after": sa["by_process"],
         "slab_before": kb["slab_bytes"], "slab_after": ka["slab_bytes"],
         "slab_kb_per_conn": (ka["slab_bytes"] - kb["slab_bytes"]) / n / 1024,
         "tcp_mem_pages_before": kb["tcp_mem_pages"], "tcp_mem_pages_after": ka["tcp_mem_pages"],
@@ -305,3 +407,8 @@ def figures(before: dict, after: dict, ready: dict, ramp: dict, held: dict,
         "server_stats_after": after["server_stats"],
         "fanout": fan,
     }
+
+
+def _kb_per_conn(before: int | None, after: int | None, n: int) -> float | None:
+    """The growth per connection in KB, or None where a reading is missing."""
+    return None if before is None or after is None else (after - before) / n / 1024

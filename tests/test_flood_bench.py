@@ -7,25 +7,35 @@ import os
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 import comet.server  # noqa: F401  (a broken server is a collection error here, never a skip)
 from tests.floodservers import ROOT
 from tests.realserver import free_port
+from tests.redisservers import redis_binary_or_skip
+from tests.workerservers import alive
 
 N = 200
 
 FIGURES = {
     "command", "date", "target", "tcp", "connections_requested", "rate_requested",
     "held", "closed", "closed_reasons", "accept_rate_per_s", "ramp_s",
-    "server_pids", "server_processes", "server_rss_before", "server_rss_after",
-    "server_kb_per_conn", "server_pss_before", "server_pss_after", "server_pss_kb_per_conn",
+    "server_pids", "server_pids_seen", "server_processes", "server_rss_before",
+    "server_rss_after", "server_kb_per_conn", "server_pss_before", "server_pss_after",
+    "server_pss_kb_per_conn", "server_pss_anon_before", "server_pss_anon_after",
+    "server_pss_anon_kb_per_conn", "server_by_process_before", "server_by_process_after",
+    "workers",
     "slab_before", "slab_after", "slab_kb_per_conn",
     "tcp_mem_pages_before", "tcp_mem_pages_after", "tcp_mem_kb_per_conn",
     "tcp_inuse_before", "tcp_inuse_after",
     "client_processes", "client_rss_before", "client_rss_after", "client_kb_per_conn",
     "server_stats_after", "fanout", "series", "plot",
 }
+REDIS = {"redis_url", "redis_pid", "redis_started", "redis_rss_from", "redis_rss_before",
+         "redis_rss_after", "redis_kb_per_conn", "redis_used_memory_before",
+         "redis_used_memory_after", "redis_ids", "redis_bytes_per_id",
+         "server_redis_kb_per_conn", "redis_errors"}
 FANOUT = {"answer", "answer_s", "expected", "received", "count", "p50_ms", "p99_ms", "max_ms",
           "all_received_ms", "deliveries_per_s", "buckets"}
 SERIES = {"t", "active", "closed", "chunks", "attempted", "pending", "client_rss_bytes",
@@ -140,3 +150,96 @@ def test_bench_records_the_arguments_main_was_given_not_sys_argv(tmp_path):
             "--json", str(out)]
     assert bench.main(argv) == 0
     assert json.loads(out.read_text())["command"] == ["flood.bench", *argv]
+
+
+def small_bench(tmp_path, *extra: str, timeout: float = 100) -> tuple[dict, str]:
+    """A 60-connection run without a PNG: its JSON document and what it printed."""
+    out = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "flood.bench", "--connections", "60", "--hold", "1",
+         "--interval", "1", "--no-plot", "--json", str(out), *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(out.read_text()), result.stdout
+
+
+def test_bench_workers_with_its_own_redis_measures_every_process_and_leaves_none(tmp_path):
+    redis_binary_or_skip("redis-server")
+    doc, printed = small_bench(tmp_path, "--workers", "2", "--redis-server")
+    assert doc["held"] == 60 and doc["closed"] == 0
+    # the server is its master and the master's two workers, each measured with its PSS
+    stats_after = doc["server_stats_after"]
+    master, *workers = doc["server_pids"]
+    assert master == stats_after["master"]["pid"] == doc["server_pids_seen"][0]
+    assert sorted(workers) == sorted(w["pid"] for w in stats_after["workers"])
+    assert doc["server_processes"] == 3 and set(doc["server_pids_seen"]) >= set(doc["server_pids"])
+    parts = doc["server_by_process_after"]
+    assert [p["pid"] for p in parts] == doc["server_pids"]
+    assert all(p["pss_bytes"] > 0 and p["rss_bytes"] >= p["pss_bytes"] for p in parts)
+    assert doc["server_pss_after"] == sum(p["pss_bytes"] for p in parts)
+    assert doc["server_rss_after"] > doc["server_pss_after"]  # shared pages, counted once each
+    assert doc["server_pss_anon_after"] > 0
+    assert doc["server_command"][-4:-2] == ["--workers", "2"]
+    # its Redis: started, given to the server, measured before and with the 60 held
+    assert REDIS <= set(doc), REDIS - set(doc)
+    assert doc["redis_started"] and doc["redis_rss_from"] == "psutil"
+    assert doc["server_command"][-2:] == ["--redis", doc["redis_url"]]
+    assert stats_after["broker"]["kind"] == "redis"
+    assert doc["redis_rss_before"] > 0 and doc["redis_rss_after"] > 0
+    assert doc["redis_used_memory_before"] > 0 and doc["redis_used_memory_after"] > 0
+    assert doc["redis_ids"] == stats_after["ids"] == 60 and doc["redis_errors"] == []
+    assert doc["redis_bytes_per_id"] is not None and doc["server_redis_kb_per_conn"] is not None
+    assert "Redis used_memory" in printed and "server + Redis userland" in printed
+    # a broadcast to one worker reaches the clients of both, through Redis (the answer's
+    # "delivered" is None: the worker asked cannot know the others' deliveries)
+    assert doc["fanout"]["received"] == 60 and doc["fanout"]["all_received_ms"] is not None
+    # nothing of the run is left: not the master, no worker, not the redis-server
+    gone = [*doc["server_pids_seen"], doc["redis_pid"]]
+    assert not [pid for pid in gone if alive(pid)], gone
+
+
+def test_bench_with_a_running_redis_measures_it_by_info_and_leaves_it_running(
+        tmp_path, redis_server):
+    doc, printed = small_bench(tmp_path, "--redis", redis_server.url)
+    assert redis_server.alive  # bench never stops a Redis it did not start
+    assert doc["held"] == 60 and doc["server_command"][-2:] == ["--redis", redis_server.url]
+    assert not doc["redis_started"] and doc["redis_pid"] is None
+    assert doc["redis_rss_from"] == "INFO used_memory_rss" and doc["redis_rss_after"] > 0
+    assert doc["redis_ids"] == 60 and doc["redis_used_memory_after"] > 0
+    assert redis_server.url in printed
+
+
+def test_bench_workers_without_redis_is_refused_before_anything_starts(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "flood.bench", "--workers", "2", "--connections", "10",
+         "--no-plot", "--json", str(tmp_path / "never.json")],
+        cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "--workers 2 needs --redis-server or --redis URL" in result.stderr
+    assert not (tmp_path / "never.json").exists()
+
+
+def test_bench_stopped_by_sigterm_stops_its_server_workers_and_redis(tmp_path):
+    redis_binary_or_skip("redis-server")
+    bench_proc = subprocess.Popen(
+        [sys.executable, "-m", "flood.bench", "--workers", "2", "--redis-server",
+         "--connections", "20", "--hold", "60", "--interval", "1", "--no-plot"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started: set[int] = set()
+    try:
+        for line in bench_proc.stderr:  # "hold: ..." once the flood holds its streams
+            if line.startswith("hold:"):
+                break
+        tree = psutil.Process(bench_proc.pid).children(recursive=True)
+        started = {p.pid for p in tree}
+        names = " ".join(" ".join(p.cmdline()) for p in tree)
+        assert "redis-server" in names and "comet.server" in names
+        bench_proc.terminate()
+        out, err = bench_proc.communicate(timeout=60)
+    finally:
+        if bench_proc.poll() is None:
+            bench_proc.kill()
+            bench_proc.wait()
+    assert bench_proc.returncode == 130, err
+    assert len(started) >= 5  # master, two workers, redis-server, a flood process
+    assert not [pid for pid in started if alive(pid)], started

@@ -8,7 +8,7 @@ import socket
 import pytest
 import redis
 
-from flood import redisproc
+from flood import benchtable, redisproc
 from tests.redisservers import redis_binary_or_skip
 from tests.workerservers import alive
 
@@ -90,6 +90,9 @@ def test_figures_divide_redis_growth_by_ids_and_add_it_to_the_server_pss():
     assert doc["redis_kb_per_conn"] == 2.0
     assert doc["server_redis_kb_per_conn"] == 4.0
     assert doc["redis_url"] == "redis://:***@127.0.0.1:6379/0" and doc["redis_started"]
+    rows = dict(benchtable.redis_rows(doc))
+    assert rows["Redis used_memory"].endswith("= 200 B per subscribed id (10000 ids)")
+    assert rows["server + Redis userland"].startswith("4.00 KB/conn")
 
 
 def test_figures_missing_a_reading_are_none_not_an_error():
@@ -101,6 +104,9 @@ def test_figures_missing_a_reading_are_none_not_an_error():
     doc = redisproc.figures("redis://127.0.0.1:6379/0", None, before, after, {"active": 10})
     assert doc["redis_bytes_per_id"] is None and doc["server_redis_kb_per_conn"] is None
     assert doc["redis_errors"] == ["Timeout reading from socket"]
+    rows = dict(benchtable.redis_rows(doc))
+    assert rows["Redis errors"] == "Timeout reading from socket"
+    assert "- B per subscribed id" in rows["Redis used_memory"]
 
 
 @pytest.mark.parametrize("url, shown", [
