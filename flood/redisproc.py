@@ -166,7 +166,7 @@ def figures(url: str, pid: int | None, before: dict, after: dict, held: dict) ->
     """
     n = held["active"] or 1
     rb, ra = before["redis"], after["redis"]
-    ids = _grown(after["server_stats"], before["server_stats"], "ids")
+    ids = _grown(_whole(after["server_stats"]), _whole(before["server_stats"]), "ids")
     used = _grown(ra, rb, "used_memory")
     rss = _grown(ra, rb, "rss_bytes")
     pss = _grown(after["server"], before["server"], "pss_bytes")
@@ -182,6 +182,14 @@ def figures(url: str, pid: int | None, before: dict, after: dict, held: dict) ->
                                      if pss is not None and rss is not None else None),
         "redis_errors": [e for e in (rb.get("error"), ra.get("error")) if e],
     }
+
+
+def _whole(stats: dict | None) -> dict | None:
+    """/stats if its sums cover every worker; None if one did not answer (its ids are
+    missing from the sum, which would overstate the bytes per id)."""
+    if stats and any("error" in w for w in stats.get("workers") or []):
+        return None
+    return stats
 
 
 def _grown(after: dict | None, before: dict | None, key: str) -> int | None:

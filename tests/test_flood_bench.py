@@ -166,12 +166,13 @@ def small_bench(tmp_path, *extra: str, timeout: float = 100) -> tuple[dict, str]
 def test_bench_workers_with_its_own_redis_measures_every_process_and_leaves_none(tmp_path):
     redis_binary_or_skip("redis-server")
     doc, printed = small_bench(tmp_path, "--workers", "2", "--redis-server")
-    assert doc["held"] == 60 and doc["closed"] == 0
+    shown = printed + json.dumps(doc["server_stats_after"], indent=1)  # when one fails
+    assert doc["held"] == 60 and doc["closed"] == 0, shown
     # the server is its master and the master's two workers, each measured with its PSS
     stats_after = doc["server_stats_after"]
     master, *workers = doc["server_pids"]
-    assert master == stats_after["master"]["pid"] == doc["server_pids_seen"][0]
-    assert sorted(workers) == sorted(w["pid"] for w in stats_after["workers"])
+    assert master == stats_after["master"]["pid"] == doc["server_pids_seen"][0], shown
+    assert sorted(workers) == sorted(w["pid"] for w in stats_after["workers"]), shown
     assert doc["server_processes"] == 3 and set(doc["server_pids_seen"]) >= set(doc["server_pids"])
     parts = doc["server_by_process_after"]
     assert [p["pid"] for p in parts] == doc["server_pids"]
@@ -187,12 +188,13 @@ def test_bench_workers_with_its_own_redis_measures_every_process_and_leaves_none
     assert stats_after["broker"]["kind"] == "redis"
     assert doc["redis_rss_before"] > 0 and doc["redis_rss_after"] > 0
     assert doc["redis_used_memory_before"] > 0 and doc["redis_used_memory_after"] > 0
-    assert doc["redis_ids"] == stats_after["ids"] == 60 and doc["redis_errors"] == []
+    assert doc["redis_ids"] == stats_after["ids"] == 60 and doc["redis_errors"] == [], shown
     assert doc["redis_bytes_per_id"] is not None and doc["server_redis_kb_per_conn"] is not None
     assert "Redis used_memory" in printed and "server + Redis userland" in printed
     # a broadcast to one worker reaches the clients of both, through Redis (the answer's
     # "delivered" is None: the worker asked cannot know the others' deliveries)
-    assert doc["fanout"]["received"] == 60 and doc["fanout"]["all_received_ms"] is not None
+    assert doc["fanout"]["received"] == 60, shown
+    assert doc["fanout"]["all_received_ms"] is not None, shown
     # nothing of the run is left: not the master, no worker, not the redis-server
     gone = [*doc["server_pids_seen"], doc["redis_pid"]]
     assert not [pid for pid in gone if alive(pid)], gone

@@ -109,6 +109,15 @@ def test_figures_missing_a_reading_are_none_not_an_error():
     assert "- B per subscribed id" in rows["Redis used_memory"]
 
 
+def test_ids_from_a_stats_answer_missing_a_worker_are_not_divided_by():
+    before = reading(used=1_000_000, rss=10_000_000, pss=60_000_000, ids=0)
+    after = reading(used=3_000_000, rss=12_000_000, pss=62_000_000, ids=5_000)
+    after["server_stats"]["workers"] = [{"index": 0, "pid": 1, "ids": 5_000},
+                                        {"index": 1, "pid": 2, "error": "no answer"}]
+    doc = redisproc.figures("redis://127.0.0.1:6379/0", None, before, after, {"active": 10})
+    assert doc["redis_ids"] is None and doc["redis_bytes_per_id"] is None
+
+
 @pytest.mark.parametrize("url, shown", [
     ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
     ("redis://:pw@host:6379/0", "redis://:***@host:6379/0"),
