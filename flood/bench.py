@@ -9,9 +9,10 @@ and a PNG (:mod:`flood.plot`). Memory figures follow docs/design.rst's method
 whole bench once per ``--hibernate`` mode and prints the runs side by side.
 
 This module owns the order of a run, the command line and ``--modes``: reading it
-tells what a run does, step by step. The server under test, its sampled series and
-each measurement are :mod:`flood.measure`'s; the wording of everything printed is
-:mod:`flood.benchtable`'s (pure formatting).
+tells what a run does, step by step. The server under test is :mod:`flood.target`'s,
+its Redis's process :mod:`flood.redisproc`'s, its sampled series and each measurement
+:mod:`flood.measure`'s; the wording of everything printed is :mod:`flood.benchtable`'s
+(pure formatting).
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ import gevent
 
 from comet.hostlimits import FLOOD_FD_MARGIN, processes_needed, raise_open_files_limit
 from flood import benchtable, measure, memory, redisproc, stats
-from flood.measure import SAMPLE, ServerUnderTest, Timeline
+from flood.measure import SAMPLE, Timeline
 from flood.procs import Children
 from flood.report import write_json
 from flood.sources import parse_sources, port_warning
+from flood.target import ServerUnderTest
 from flood.transport import TRANSPORTS
 from flood.urls import generate
 from flood.worker import Plan

@@ -1,29 +1,24 @@
-"""What a bench run measures, and the comet server it measures.
+"""What a bench run measures, of the server under test (:mod:`flood.target`).
 
-:class:`ServerUnderTest` is that server, started on a free port or given by
-``--target``: its process (start, ``/health``, quiet CPU, stop), the pids its memory
-is read from, and the requests bench sends it. :class:`Timeline` samples the flood's
-counts and the server's RSS and CPU every :data:`SAMPLE` seconds (the JSON's
-``series``, the PNG's curves, the progress line). The functions are the measurements
-taken while the flood holds its connections: memory before and after (docs/design.rst's
-method, :mod:`flood.memory`), the timed broadcast fan-out, ``--unread`` filling every
-socket buffer, ``--churn`` (the clients leave; the server should give its memory
-back), and the per-connection figures. Each returns the JSON fragment it adds.
+:class:`Timeline` samples the flood's counts and the server's RSS and CPU every
+:data:`SAMPLE` seconds (the JSON's ``series``, the PNG's curves, the progress line).
+The functions are the measurements taken while the flood holds its connections:
+memory before and after (docs/design.rst's method, :mod:`flood.memory`, and the
+server's Redis, :mod:`flood.redisproc`), the timed broadcast fan-out, ``--unread``
+filling every socket buffer, ``--churn`` (the clients leave; the server should give
+its memory back), and the per-connection figures. Each returns the JSON fragment it
+adds.
 
 One module because it is one subject: every figure is read from the server's pids or
-asked of its HTTP API, and a measurement waits on the timeline's samples. The order
-of the steps is :class:`flood.bench.Bench`'s; the wording of what is printed,
-:mod:`flood.benchtable`'s.
+asked of its HTTP API, and a measurement waits on the timeline's samples. The server
+itself (starting it, waiting for it, stopping every process it is made of) is
+:mod:`flood.target`'s; the order of the steps is :class:`flood.bench.Bench`'s; the
+wording of what is printed, :mod:`flood.benchtable`'s.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import shlex
-import socket
 import statistics
-import subprocess
 import sys
 import time
 
@@ -33,208 +28,10 @@ import requests
 
 from flood import benchtable, latency, memory, redisproc, stats
 from flood.procs import Children
+from flood.target import ServerUnderTest
 
 #: Seconds between samples while ramping and holding (also the flood's snapshot rate).
 SAMPLE = 0.25
-#: Seconds after the server is ready before Redis is measured: Redis shrinks the query
-#: buffer of a client idle for 2 s (tens of KB each, the server's connections just made),
-#: and a "before" read ahead of that makes Redis seem to shrink while the flood subscribes.
-REDIS_SETTLE = 3.0
-#: Seconds a stopping server has: its own drain (``--shutdown-timeout``, 5 s) and a
-#: master's grace for a worker past it (3 s), with room to spare.
-STOP_TIMEOUT = 20.0
-
-
-def _http(method: str, url: str, data: bytes | None = None, timeout: float = 10.0):
-    """A blocking request run in gevent's thread pool so the flood pipes keep draining."""
-    def call():
-        try:
-            return requests.request(method, url, data=data, timeout=timeout)
-        except requests.RequestException as exc:
-            return exc
-    answer = gevent.get_hub().threadpool.apply(call)
-    if isinstance(answer, Exception):
-        raise answer
-    return answer
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _running(proc: psutil.Process) -> bool:
-    """Alive (the same process, not a reused pid) and not a zombie awaiting its parent."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-class ServerUnderTest:
-    """The server under test: one process, or a ``--workers`` master and its workers.
-
-    Its memory and CPU are those of every process it is made of, found again at each
-    reading (:attr:`pids`) because a master restarts a worker that dies, and the
-    newcomer's memory is the server's as much as the one it replaced.
-    """
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        #: The server bench started, or None when it measures ``--target``.
-        self.process: subprocess.Popen | None = None
-        #: The server's own process (a master, with ``--workers``): bench started it or
-        #: ``--server-pid`` named it; None until then.
-        self.root: int | None = args.server_pid
-        #: Every process :attr:`pids` ever found, by pid, in order: what must be gone after
-        #: a run. A psutil.Process knows its start time, so a pid the system gave to
-        #: another process since is never signalled by mistake.
-        self.seen: dict[int, psutil.Process] = {}
-        #: Base URL without a trailing slash.
-        self.url = (args.target or "").rstrip("/")
-        #: The Redis the server uses (bench's own, or ``--redis URL``), measured with it;
-        #: None: the in-process broker. A server bench starts is given it as ``--redis``.
-        self.redis_url: str | None = None
-        #: That Redis's pid when bench started it (its RSS by psutil); else None.
-        self.redis_pid: int | None = None
-        #: Where a started server's output goes, named in errors.
-        self.log_path = ""
-        #: When every process of the server was accepting (:meth:`wait_workers`).
-        self.ready_at = 0.0
-
-    @property
-    def pids(self) -> list[int]:
-        """The server's process and its children now (a master's workers), root first."""
-        return [proc.pid for proc in self.processes()]
-
-    def processes(self) -> list[psutil.Process]:
-        """The server's processes now, each also kept in :attr:`seen`."""
-        found = memory.process_tree([self.root]) if self.root is not None else []
-        for proc in found:
-            self.seen.setdefault(proc.pid, proc)
-        return found
-
-    def start(self, out_dir: str) -> list[str]:
-        """Start ``comet.server`` with room for the whole flood; the command, for the JSON."""
-        port = self.args.port or _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "comet.server", "--host", "127.0.0.1", "--port", str(port),
-               "--interval", str(self.args.interval),
-               "--max-connections", str(self.args.connections + 100)]
-        if self.args.workers:
-            cmd += ["--workers", str(self.args.workers)]
-        if self.redis_url:
-            cmd += ["--redis", self.redis_url]
-        cmd += shlex.split(self.args.server_args or "")
-        self.log_path = os.path.join(out_dir, f"bench-server-{port}.log")
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        self.root = self.process.pid
-        return [redisproc.redacted(a) if a == self.redis_url else a for a in cmd]
-
-    def wait_healthy(self) -> None:
-        """Until /health answers 200: a server just started, or one given by --target."""
-        where = f"see {self.log_path}" if self.process else "is it running?"
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise SystemExit(f"bench: the server exited {self.process.returncode}; {where}")
-            try:
-                if _http("GET", self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            gevent.sleep(0.2)
-        raise SystemExit(f"bench: no /health from {self.url} in 30 s; {where}")
-
-    def wait_workers(self) -> None:
-        """With ``--workers N``: until /stats counts N workers accepting, not just one.
-
-        /health answers as soon as one worker accepts; a flood started then would
-        all go to that one, and the memory taken before would miss the others.
-        """
-        want = self.args.workers or 1
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            answer = self.stats() or {}
-            ready = [w for w in answer.get("workers") or [] if w.get("accepting")]
-            if want < 2 or len(ready) >= want:
-                self.ready_at = time.time()
-                return
-            if self.process is not None and self.process.poll() is not None:
-                raise SystemExit(f"bench: the server exited {self.process.returncode}; "
-                                 f"see {self.log_path}")
-            gevent.sleep(0.2)
-        raise SystemExit(f"bench: {want} workers not all accepting in 30 s; see {self.log_path}")
-
-    def stop(self) -> None:
-        """Stop the server bench started, by pid; one given by --target is left running.
-
-        SIGTERM to the master stops its workers; a worker still there once the master
-        is gone (killed after its grace, or dead before bench stopped it) is stopped by
-        its own pid, so no process of the run outlives it.
-        """
-        if self.process is None:
-            return
-        self.processes()  # into seen: a worker forked since the last sample
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        for proc in self.seen.values():
-            if proc.pid == self.process.pid or not _running(proc):
-                continue
-            try:
-                proc.terminate()
-                proc.wait(timeout=STOP_TIMEOUT)
-            except psutil.TimeoutExpired:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-
-    def stats(self) -> dict | None:
-        """``/stats``, or None: a server too busy to answer must not end the run."""
-        try:
-            return _http("GET", self.url + "/stats", timeout=10).json()
-        except (requests.RequestException, ValueError):
-            return None
-
-    def whole_stats(self, tries: int = 3) -> dict | None:
-        """``/stats`` with every worker in its sums, if a few tries give that.
-
-        A worker that does not answer its sibling in time is an ``error`` entry and
-        is left out of the sums (``ids`` among them), which would then pass for the
-        whole server's; the last answer is returned whatever it holds.
-        """
-        answer = None
-        for _ in range(tries):
-            answer = self.stats()
-            if answer and not any("error" in w for w in answer.get("workers") or []):
-                break
-            gevent.sleep(0.5)
-        return answer
-
-    def wait_idle(self) -> None:
-        """Warm the server up (one request of each kind), then wait for quiet CPU, and
-        with Redis until its clients' buffers have settled (:data:`REDIS_SETTLE`)."""
-        self.stats()
-        procs = self.processes()
-        for proc in procs:
-            proc.cpu_percent(interval=None)  # the first call only starts the clock
-        for _ in range(30):
-            gevent.sleep(0.5)
-            if sum(p.cpu_percent(interval=None) for p in procs) < 10:
-                break
-        if self.redis_url:
-            gevent.sleep(max(0.0, self.ready_at + REDIS_SETTLE - time.time()))
-
-    def post(self, path: str, body: bytes, timeout: float = 10.0) -> requests.Response:
-        """POST to the server (``/broadcast``) without blocking the flood pipes."""
-        return _http("POST", self.url + path, data=body, timeout=timeout)
 
 
 class Timeline:
