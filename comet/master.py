@@ -28,6 +28,7 @@ picture; docs/usage.rst the signals.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -390,6 +391,10 @@ class Master:
 
     def _fork(self, index: int, why: str = "") -> Worker:
         ready_r, ready_w = os.pipe()
+        # Everything the master holds now goes to the collector's permanent generation:
+        # a worker's collections then never write to those objects' headers, which
+        # would copy the pages they share with the master (and each other) one by one.
+        gc.freeze()
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
         try:
             pid = os.fork()

@@ -121,12 +121,12 @@ class RedisBroker:
         self.epoch: str | None = None
         #: the highest offset handed to deliver: where a reconnect's replay starts
         self._received = 0
-        # Subscriptions: what the hub wants, what was sent, what Redis confirmed.
+        # Subscriptions: one big set, what the hub wants; the others are small and
+        # short-lived: what is still to send, and what Redis has not confirmed yet.
         self._wanted: set[str] = set()
-        self._requested: set[str] = set()
-        self._active: set[str] = set()
         self._to_subscribe: set[str] = set()
         self._to_unsubscribe: set[str] = set()
+        self._unconfirmed: set[str] = set()
         self._waiters: dict[str, list[_Waiter]] = {}
         self._flushing = False
         self._pubsub = None
@@ -171,10 +171,10 @@ class RedisBroker:
                 continue
             self._wanted.add(id)
             if id in self._to_unsubscribe:
-                self._to_unsubscribe.discard(id)
-            elif id not in self._requested:
+                self._to_unsubscribe.discard(id)  # never sent: Redis still has it
+            else:
                 self._to_subscribe.add(id)
-        waiting = [id for id in ids if id not in self._active]
+        waiting = [id for id in ids if id in self._to_subscribe or id in self._unconfirmed]
         if not waiting:
             return
         if not self.up:
@@ -197,8 +197,8 @@ class RedisBroker:
                 continue
             self._wanted.discard(id)
             if id in self._to_subscribe:
-                self._to_subscribe.discard(id)
-            elif id in self._requested:
+                self._to_subscribe.discard(id)  # never sent
+            else:
                 self._to_unsubscribe.add(id)
         if self._to_unsubscribe:
             self._schedule_flush()
@@ -248,7 +248,11 @@ class RedisBroker:
 
     def snapshot(self) -> dict:
         return {"kind": "redis", "url": self.where, "up": self.up, "epoch": self.epoch,
-                "subscribed_ids": len(self._active), **self.stats}
+                "subscribed_ids": self.subscribed(), **self.stats}
+
+    def subscribed(self) -> int:
+        """Ids whose subscription Redis has confirmed (and not been asked to undo)."""
+        return len(self._wanted) - len(self._to_subscribe) - len(self._unconfirmed)
 
     # -- publishing -----------------------------------------------------------------
 
@@ -288,10 +292,9 @@ class RedisBroker:
             while self._to_subscribe or self._to_unsubscribe:
                 subscribe, self._to_subscribe = self._to_subscribe, set()
                 unsubscribe, self._to_unsubscribe = self._to_unsubscribe, set()
-                self._requested |= subscribe
-                self._requested -= unsubscribe
                 if self._pubsub is None:
                     continue  # down: the reconnect subscribes whatever is wanted then
+                self._unconfirmed |= subscribe
                 try:
                     self._send("SUBSCRIBE", subscribe)
                     self._send("UNSUBSCRIBE", unsubscribe)
@@ -315,13 +318,11 @@ class RedisBroker:
         if id is None:
             return
         if kind == b"subscribe":
-            self._active.add(id)
+            self._unconfirmed.discard(id)
             for waiter in self._waiters.pop(id, ()):
                 waiter.pending.discard(id)
                 if not waiter.pending:
                     waiter.set()
-        else:
-            self._active.discard(id)
 
     def _id_of(self, chan: bytes) -> str | None:
         if chan == self._broadcast_channel or not chan.startswith(self._channel_head):
@@ -433,9 +434,8 @@ class RedisBroker:
         epoch, _ = self._setup(keys=[self._pos],
                                args=[secrets.token_hex(4), self.history, self.ttl])
         self._connect_pubsub()
-        self._active.clear()
         ids = sorted(self._wanted)
-        self._requested = set(ids)
+        self._unconfirmed = set(ids)
         self._to_subscribe.clear()
         self._to_unsubscribe.clear()
         held: list = []
@@ -443,7 +443,7 @@ class RedisBroker:
         for start in range(0, len(ids), SUBSCRIBE_BATCH):
             batch = ids[start:start + SUBSCRIBE_BATCH]
             self._send("SUBSCRIBE", batch)
-            while not all(id in self._active for id in batch):
+            while any(id in self._unconfirmed for id in batch):
                 self._on_reply(read(), held)
         self.stats["reconnects"] += 1
         self.stats["resubscribed_ids"] += len(ids)
