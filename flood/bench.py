@@ -133,6 +133,10 @@ class Bench:
                                    parse_sources(args.source) if args.source else [])
             if warning:
                 self.timeline.log(f"bench: {warning}")
+            warm = args.warmup if args.warmup is not None else (
+                WARMUP_PER_WORKER * args.workers if (args.workers or 1) > 1 else 0)
+            if warm:
+                self.result["warmup"] = server.warm_up(warm, self.timeline)
             server.wait_idle()
             before = measure.snapshot(server, self.timeline)
             children, ready = self.flood(url_file)
@@ -198,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int,
                    help="the server bench starts runs N worker processes under a master "
                         "(comet.server --workers N); above 1 needs --redis-server or --redis")
+    p.add_argument("--warmup", type=int, metavar="N",
+                   help="before the 'before' reading, open N /test/ streams, broadcast to "
+                        "them, close them (default: 200 per worker with --workers above 1, "
+                        "else 0): each worker then has touched the pages it shares with "
+                        "the master, so their copies count in its base, not per connection")
     p.add_argument("--redis-server", action="store_true",
                    help="start a redis-server for the run (free 127.0.0.1 port, persistence "
                         "off), give it to the server as --redis, measure it, stop it")
@@ -216,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default="bench-out/bench.png", help="PNG path (default %(default)s)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     return p
+
+
+#: warm-up streams per worker (--warmup's default with --workers above 1)
+WARMUP_PER_WORKER = 200
 
 
 def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
