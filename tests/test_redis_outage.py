@@ -16,6 +16,7 @@ import comet.publish
 from comet.broker.redisscripts import PUBLISH, channel, position_key, stream_key
 from tests.chunked import open_stream
 from tests.realserver import RealServer, post
+from tests.redisservers import RedisServer, redis_binary_or_skip
 from tests.sse import open_events
 
 
@@ -115,3 +116,33 @@ def test_a_frozen_redis_freezes_no_other_connection(server, redis_server):
     post(server, "/send/f", b"thawed")
     assert stream.chunks_until(lambda chunk: b"thawed" in chunk)
     stream.close()
+
+
+def test_a_redis_restarted_with_its_data_loses_nothing_and_ends_no_connection():
+    """Persistence on (append-only file): the epoch survives the restart, so the held
+    stream stays, the process resubscribes and delivery goes on; a client that
+    resumes from before the outage gets the rest, without a ``missed``."""
+    redis_binary_or_skip("redis-server")
+    with RedisServer("--appendonly", "yes") as redis_server:
+        server = RealServer("--redis", redis_server.url, "--heartbeat", "0.2").start()
+        try:
+            events = open_events(server.port, "/events/p")
+            subscribed(server)
+            first = post(server, "/send/p", b"before")["message"]
+            assert events.next_message().id == first
+            redis_server.restart()
+            stats = server.wait_for(
+                lambda s: s["broker"]["up"] and s["broker"]["reconnects"] == 1,
+                timeout=30, what="the reconnect")
+            assert stats["broker"]["epoch_changes"] == 0 and stats["ends"] == {}
+            after = post(server, "/send/p", b"after")["message"]
+            assert events.next_message().id == after  # the same connection, nothing between
+            resumed = open_events(server.port, "/events/p", {"Last-Event-ID": first})
+            event = resumed.next_event()
+            while event.data is None:  # the retry hint, heartbeats
+                event = resumed.next_event()
+            assert (event.event, event.id) == (None, after)
+            resumed.close()
+            events.close()
+        finally:
+            server.stop()
