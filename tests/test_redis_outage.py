@@ -32,12 +32,18 @@ def subscribed(server, ids: int = 1) -> None:
     server.wait_for(lambda s: s["broker"]["subscribed_ids"] >= ids, what=f"{ids} ids subscribed")
 
 
+def subscriber_with_one_message(server, id: str):
+    """An SSE subscriber of ``id`` that has got one message: (its stream, that message's id)."""
+    events = open_events(server.port, f"/events/{id}")
+    subscribed(server)
+    first = post(server, f"/send/{id}", b"first")["message"]
+    assert events.next_message().id == first
+    return events, first
+
+
 def test_messages_published_while_the_pubsub_connection_was_cut_arrive_once_in_order(
         server, redis_server):
-    events = open_events(server.port, "/events/g")
-    subscribed(server)
-    before = post(server, "/send/g", b"before")["message"]
-    assert events.next_message().id == before
+    events, _ = subscriber_with_one_message(server, "g")
     # One pipeline: the cut and five publishes reach Redis before the server can
     # even notice the cut, so they are published while it is away.
     client = redis_server.client()
@@ -59,10 +65,7 @@ def test_messages_published_while_the_pubsub_connection_was_cut_arrive_once_in_o
 
 def test_redis_stopped_means_503s_held_streams_stay_and_a_data_loss_is_told(
         server, redis_server):
-    events = open_events(server.port, "/events/d")
-    subscribed(server)
-    last = post(server, "/send/d", b"kept")["message"]
-    assert events.next_message().id == last
+    events, last = subscriber_with_one_message(server, "d")
     redis_server.kill()
     server.wait_for(lambda s: not s["broker"]["up"], what="the broker down")
     for path in ("/send/d", "/broadcast"):
@@ -126,10 +129,7 @@ def test_a_redis_restarted_with_its_data_loses_nothing_and_ends_no_connection():
     with RedisServer("--appendonly", "yes") as redis_server:
         server = RealServer("--redis", redis_server.url, "--heartbeat", "0.2").start()
         try:
-            events = open_events(server.port, "/events/p")
-            subscribed(server)
-            first = post(server, "/send/p", b"before")["message"]
-            assert events.next_message().id == first
+            events, first = subscriber_with_one_message(server, "p")
             redis_server.restart()
             stats = server.wait_for(
                 lambda s: s["broker"]["up"] and s["broker"]["reconnects"] == 1,
