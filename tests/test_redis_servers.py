@@ -8,6 +8,8 @@ No sticky sessions: a client resumes on whichever server it reaches.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 
 import pytest
@@ -15,7 +17,7 @@ import requests
 import websocket
 
 from tests.chunked import open_stream
-from tests.realserver import RealServer, post
+from tests.realserver import RealServer, free_port, post
 from tests.sse import open_events
 
 
@@ -151,3 +153,35 @@ def test_a_password_and_a_unix_socket_url_work_and_the_password_is_never_logged(
             events.close()
         finally:
             server.stop()
+
+
+def test_a_rediss_url_speaks_tls_to_redis(tmp_path):
+    """``rediss://``: redis-py's TLS options on gevent's SSL context (comet/broker/redisconn.py),
+    against a Redis that listens on TLS only for the server, with a certificate checked."""
+    from tests.redisservers import RedisServer, redis_binary_or_skip
+    redis_binary_or_skip("redis-server")
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not on PATH (it makes the test's certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    tls_port = free_port()
+    with RedisServer("--tls-port", str(tls_port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+                     "--tls-auth-clients", "no"):
+        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"
+        server = RealServer("--redis", url).start()
+        try:
+            events = open_events(server.port, "/events/t")
+            subscribed(server, 1)
+            post(server, "/send/t", b"over tls")
+            assert events.next_message().data == "over tls"
+            events.close()
+        finally:
+            server.stop()
+        # and a certificate it cannot check is refused: no silent fallback to trusting it
+        refused = RealServer("--redis", f"rediss://127.0.0.1:{tls_port}/0")
+        with pytest.raises(RuntimeError, match="did not start"):
+            refused.start()
+        assert "certificate verify failed" in refused.log_text()

@@ -85,7 +85,10 @@ class GeventSSLConnection(SSLConnection):
             raise RedisError("comet's Redis connections do not do OCSP validation")
         sock = _gevent_tcp(self)
         try:
-            context = ssl.create_default_context()
+            # gevent's SSLContext, built here: ssl.create_default_context() (gevent's
+            # name for it too) makes the stdlib's, whose sockets would block the loop.
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.load_default_certs()
             context.check_hostname = self.check_hostname
             context.verify_mode = self.cert_reqs
             if self.certfile or self.keyfile:
