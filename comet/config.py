@@ -77,6 +77,16 @@ def text_or_none(text: str) -> str | None:
     return text or None
 
 
+def redis_url(text: str) -> str | None:
+    """A Redis URL redis-py understands, or None (empty: the in-process broker)."""
+    if not text:
+        return None
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"must be a redis://, rediss:// or unix:// URL, not "
+                         f"{redacted(text)!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class Setting:
     """One knob: its attribute name, its parser, its default and why it exists."""
@@ -136,7 +146,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("history_ttl", positive_float, 300.0, "seconds a message is kept for resuming"),
     Setting("history_memory", positive_int, 64 * 1024 * 1024,
             "bytes of message data the history keeps at most, over all ids"),
-    Setting("redis", text_or_none, None,
+    Setting("redis", redis_url, None,
             "Redis URL (redis://, rediss://, unix://; password and db from it, never "
             "logged): the broker that spans processes and machines (default: in-process)"),
     Setting("redis_wait", non_negative_float, 0.0,

@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return serve(settings)
     except BrokerUnavailable as exc:
-        log.error("%s (--redis-wait SECONDS keeps trying at start)", exc)
+        log.error("%s", exc)
         return 1
     except OSError as exc:
         log.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc)

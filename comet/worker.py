@@ -164,7 +164,7 @@ def run(settings: config.Settings, index: int, port: int, ready_fd: int, rundir:
     try:
         app = CometApp(settings)
     except BrokerUnavailable as exc:
-        log.error("worker %d: %s (--redis-wait SECONDS keeps trying at start)", index, exc)
+        log.error("worker %d: %s", index, exc)
         return 1
     hub = app.hub
     siblings = Siblings(rundir, index, hub, os.getppid(), master_started)

@@ -15,7 +15,7 @@ import requests
 import comet.publish
 from comet.broker.redisscripts import PUBLISH, channel, position_key, stream_key
 from tests.chunked import open_stream
-from tests.realserver import RealServer, post
+from tests.realserver import RealServer, free_port, post, wait_until
 from tests.redisservers import RedisServer, redis_binary_or_skip
 from tests.sse import open_events
 
@@ -146,3 +146,24 @@ def test_a_redis_restarted_with_its_data_loses_nothing_and_ends_no_connection():
             events.close()
         finally:
             server.stop()
+
+
+def test_redis_wait_keeps_trying_at_start_until_redis_is_there():
+    """``--redis-wait``: a server started before its Redis waits for it (saying so),
+    then serves; without the flag the same start is an error (exit 1, tested elsewhere)."""
+    redis_binary_or_skip("redis-server")
+    port = free_port()
+    server = RealServer("--redis", f"redis://127.0.0.1:{port}/0", "--redis-wait", "30")
+    starting = threading.Thread(target=server.start, kwargs={"timeout": 60})
+    starting.start()
+    try:
+        wait_until(lambda: any("waiting for Redis" in line for line in server.lines),
+                   timeout=30, what="the server waiting for Redis")
+        with RedisServer(port=port):
+            starting.join(60)
+            assert server.port is not None, server.log_text()
+            events, _ = subscriber_with_one_message(server, "w")
+            events.close()
+    finally:
+        starting.join(60)
+        server.stop()

@@ -185,3 +185,16 @@ def test_a_rediss_url_speaks_tls_to_redis(tmp_path):
         with pytest.raises(RuntimeError, match="did not start"):
             refused.start()
         assert "certificate verify failed" in refused.log_text()
+
+
+@pytest.mark.parametrize("url, says", [
+    ("http://127.0.0.1:6379/0", "must be a redis://, rediss:// or unix:// URL"),
+    ("redis://127.0.0.1:notaport/0", "cannot use the Redis URL"),
+])
+def test_a_bad_redis_url_is_a_clear_error_before_serving(url, says):
+    server = RealServer("--redis", url)
+    with pytest.raises(RuntimeError, match="did not start"):
+        server.start(timeout=30)
+    assert server.proc.wait(10) in (1, 2)
+    text = server.log_text()
+    assert says in text and "Traceback" not in text

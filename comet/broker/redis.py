@@ -99,15 +99,20 @@ class RedisBroker:
         self.timeout = timeout
         #: seconds start() keeps trying while Redis cannot be reached (0: fail at once)
         self.wait = wait
-        options = connection_options(url, socket_timeout=timeout,
-                                     socket_connect_timeout=timeout)
+        try:
+            options = connection_options(url, socket_timeout=timeout,
+                                         socket_connect_timeout=timeout)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BrokerUnavailable(f"cannot use the Redis URL {self.where}: {exc}") from None
+        #: the URL's max_connections, else ours: Redis commands in flight at once
+        pool_size = int(options.pop("max_connections", POOL_SIZE))
         # RESP2 on the pub/sub connection: messages are plain replies there, read in
         # order with the subscription confirmations (RESP3 would make them pushes).
         self._pubsub_options = {**options, "socket_timeout": 2 * PING_INTERVAL, "protocol": 2}
         self._client = redis.Redis(connection_pool=ConnectionPool(
-            max_connections=POOL_SIZE, **options))
+            max_connections=pool_size, **options))
         #: greenlets beyond the pool wait here, cooperatively, for a connection
-        self._slots = gevent.lock.BoundedSemaphore(POOL_SIZE)
+        self._slots = gevent.lock.BoundedSemaphore(pool_size)
         self._publish = self._client.register_script(PUBLISH)
         self._replay = self._client.register_script(REPLAY)
         self._setup = self._client.register_script(SETUP)
@@ -156,7 +161,9 @@ class RedisBroker:
                 break
             except (RedisError, OSError) as exc:
                 if time.monotonic() >= deadline:
-                    raise BrokerUnavailable(f"cannot reach Redis at {self.where}: {exc}") from None
+                    raise BrokerUnavailable(f"cannot reach Redis at {self.where}: {exc} "
+                                            "(--redis-wait SECONDS keeps trying at start)"
+                                            ) from None
                 log.warning("waiting for Redis at %s: %s", self.where, exc)
                 gevent.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         self.up = True
