@@ -9,8 +9,9 @@ import os
 #: WebSocket. The stock "gevent" worker also runs the app, one greenlet per connection.
 worker_class = "comet.gunicorn.Worker"
 
-#: One process: the in-process router only reaches connections of its own process. comet.wsgi
-#: refuses a second worker of the same master (however -w was given) with the reason.
+#: One process by default: the in-process broker only reaches connections of its own process,
+#: so comet.wsgi refuses a second worker of the same master (however -w was given) with the
+#: reason. With COMET_REDIS set, -w N runs N workers that deliver to each other's clients.
 workers = 1
 
 #: Greenlets per worker: with comet's worker a hibernated connection holds none, so this
