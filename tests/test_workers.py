@@ -475,3 +475,24 @@ def test_a_client_whose_worker_was_killed_resumes_on_a_worker_with_every_message
     finally:
         for stream in events:
             stream.close()
+
+
+def test_two_masters_on_two_ports_are_one_server_through_their_redis(start_workers):
+    """Two "machines": two masters of two workers each on one Redis. A message
+    published to either reaches a subscriber of the other, and a subscriber resumes on
+    the other machine with nothing lost and nothing twice."""
+    one, two = start_workers(), start_workers()
+    events = open_events(two.port, "/events/m")
+    two.wait_for(lambda s: s["broker"]["subscribed_ids"] == 1, what="m subscribed on two")
+    first = post(one, "/send/m", b"from one")["message"]
+    assert events.next_message().id == first
+    events.close()
+    meanwhile = [post(two, "/send/m", b"while away %d" % n)["message"] for n in range(2)]
+    every = post(two, "/broadcast", b"to all")["message"]
+    resumed = open_events(one.port, "/events/m", {"Last-Event-ID": first})
+    try:
+        assert [resumed.next_message().id for _ in range(3)] == [*meanwhile, every]
+        later = post(two, "/send/m", b"later")["message"]
+        assert resumed.next_message().id == later
+    finally:
+        resumed.close()
