@@ -100,9 +100,7 @@ class CometApp:
         except BrokerUnavailable as down:
             # Never a 200 for a message that went nowhere; the client may try again.
             log.warning("503 %s %s: %s", method, path[:80], down)
-            return self._plain(respond, "503 Service Unavailable",
-                               "message broker unavailable, try again later\n",
-                               (("Retry-After", str(RETRY_AFTER)),))
+            return self._broker_down(respond)
         except BadRequest as error:
             log.info("%s %s %s: %s (client %s)", error.status[:3], method, path[:80],
                      error.reason, environ.get("REMOTE_ADDR"))
@@ -124,6 +122,11 @@ class CometApp:
         respond(status, [("Content-Type", "text/plain; charset=utf-8"),
                          ("Content-Length", str(len(body))), *headers])
         return [body]
+
+    def _broker_down(self, respond: StartResponse) -> list[bytes]:
+        return self._plain(respond, "503 Service Unavailable",
+                           "message broker unavailable, try again later\n",
+                           (("Retry-After", str(RETRY_AFTER)),))
 
     @staticmethod
     def _body(respond: StartResponse, content_type: str, body: bytes) -> list[bytes]:
@@ -285,8 +288,7 @@ class CometApp:
         if not self.hub.accepting:
             return self._plain(respond, "503 Service Unavailable", "shutting down\n")
         if not self.hub.broker.up:
-            return self._plain(respond, "503 Service Unavailable",
-                               "message broker unavailable\n", (("Retry-After", str(RETRY_AFTER)),))
+            return self._broker_down(respond)
         return self._plain(respond, "200 OK", "ok\n")
 
 

@@ -22,16 +22,9 @@ their arguments are the API; the keys behind them may change.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterable
 
-from comet.broker.redisscripts import (
-    BROADCAST,
-    PUBLISH,
-    channel,
-    position_key,
-    stream_key,
-)
+from comet.broker.redisscripts import BROADCAST, PUBLISH, publish_arguments
 from comet.inputs import ID_PATTERN
 
 #: the key prefix comet's servers use
@@ -64,11 +57,7 @@ def publish_many(client, items: Iterable[tuple[str, str | bytes]],
 
 
 def _run(client, items: list[tuple[str, bytes]], prefix: str) -> list[str]:
-    keys = [position_key(prefix)]
-    args: list = [secrets.token_hex(4)]
-    for id, data in items:
-        keys.append(stream_key(prefix, id))
-        args += (channel(prefix, id), data)
+    keys, args = publish_arguments(prefix, items)
     answer = client.register_script(PUBLISH)(keys=keys, args=args)
     epoch = _text(answer[0])
     return [f"{epoch}-{int(seq)}" for seq in answer[1:]]

@@ -54,6 +54,12 @@ def wait_until(holds, timeout: float = 10.0, what: str = "condition") -> None:
         gevent.sleep(0.01)
 
 
+def subscribed(server: RealServer, ids: int = 1) -> None:
+    """Until the server's broker has ``ids`` subscriptions confirmed (with Redis: a
+    publish from now on reaches them)."""
+    server.wait_for(lambda s: s["broker"]["subscribed_ids"] >= ids, what=f"{ids} ids subscribed")
+
+
 class RealServer:
     """One ``python -m comet.server`` process and what it logged."""
 

@@ -15,7 +15,7 @@ import requests
 import comet.publish
 from comet.broker.redisscripts import PUBLISH, channel, position_key, stream_key
 from tests.chunked import open_stream
-from tests.realserver import RealServer, free_port, post, wait_until
+from tests.realserver import RealServer, free_port, post, subscribed, wait_until
 from tests.redisservers import RedisServer, redis_binary_or_skip
 from tests.sse import open_events
 
@@ -27,9 +27,6 @@ def server(redis_server):
     yield srv
     srv.stop()
 
-
-def subscribed(server, ids: int = 1) -> None:
-    server.wait_for(lambda s: s["broker"]["subscribed_ids"] >= ids, what=f"{ids} ids subscribed")
 
 
 def subscriber_with_one_message(server, id: str):

@@ -17,7 +17,7 @@ import requests
 import websocket
 
 from tests.chunked import open_stream
-from tests.realserver import RealServer, free_port, post
+from tests.realserver import RealServer, free_port, post, subscribed
 from tests.sse import open_events
 
 
@@ -30,9 +30,6 @@ def pair(request, redis_server):
     for server in servers:
         server.stop()
 
-
-def subscribed(server, ids: int):
-    server.wait_for(lambda s: s["broker"]["subscribed_ids"] >= ids, what=f"{ids} ids subscribed")
 
 
 def test_a_message_reaches_its_id_on_the_other_server_once_in_every_transport(pair):

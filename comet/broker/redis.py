@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import secrets
 import time
 from collections.abc import Callable, Sequence
 
@@ -54,7 +53,9 @@ from comet.broker.redisscripts import (
     REPLAY,
     SETUP,
     channel,
+    epoch_candidate,
     position_key,
+    publish_arguments,
     stream_key,
 )
 
@@ -154,8 +155,7 @@ class RedisBroker:
         deadline = time.monotonic() + self.wait
         while True:
             try:
-                epoch, seq = self._setup(keys=[self._pos],
-                                         args=[secrets.token_hex(4), self.history, self.ttl])
+                epoch, seq = self._record_bounds()
                 self.epoch, self._received = epoch.decode(), int(seq)
                 self._connect_pubsub()
                 break
@@ -211,15 +211,14 @@ class RedisBroker:
             self._schedule_flush()
 
     def publish(self, id: str, data: bytes) -> tuple[Message, None]:
-        return self._run_publish([(stream_key(self.prefix, id), channel(self.prefix, id), data)])[0]
+        return self._run_publish([(id, data)])[0]
 
     def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[tuple[Message, None]]:
         """Many publishes in one round trip (a pipeline of the script), in order."""
-        return self._run_publish([(stream_key(self.prefix, id), channel(self.prefix, id), data)
-                                  for id, data in items])
+        return self._run_publish(list(items))
 
     def broadcast(self, data: bytes) -> tuple[Message, None]:
-        return self._run_publish([(self._broadcast_stream, self._broadcast_channel, data)])[0]
+        return self._run_publish([(BROADCAST, data)])[0]
 
     def replay(self, ids: Sequence[str], last: str | None) -> Replay:
         streams = [stream_key(self.prefix, id) for id in ids] + [self._broadcast_stream]
@@ -263,14 +262,9 @@ class RedisBroker:
 
     # -- publishing -----------------------------------------------------------------
 
-    def _run_publish(self, items: list[tuple[str, str | bytes, bytes]]
-                     ) -> list[tuple[Message, None]]:
+    def _run_publish(self, items: list[tuple[str, bytes]]) -> list[tuple[Message, None]]:
         """One script call for the lot: their offsets in order, each kept and PUBLISHed."""
-        keys = [self._pos]
-        args: list = [secrets.token_hex(4)]
-        for stream, chan, data in items:
-            keys.append(stream)
-            args += (chan, data)
+        keys, args = publish_arguments(self.prefix, items)
         try:
             with self._slots:
                 answer = self._publish(keys=keys, args=args)
@@ -279,11 +273,16 @@ class RedisBroker:
             raise BrokerUnavailable(f"Redis at {self.where}: {exc}") from None
         epoch = answer[0].decode()
         return [(Message(epoch, int(seq), data), None)
-                for seq, (_, _, data) in zip(answer[1:], items, strict=True)]
+                for seq, (_, data) in zip(answer[1:], items, strict=True)]
+
+    def _record_bounds(self) -> tuple[bytes, bytes]:
+        """Tell Redis this server's history bounds (a backend's publish follows them);
+        its epoch and last offset, made if it has none."""
+        return self._setup(keys=[self._pos], args=[epoch_candidate(), self.history, self.ttl])
 
     def _replay_call(self, streams: list[str], last: str | None, client=None):
         epoch, offset = _split(last)
-        return self._replay(keys=[self._pos, *streams], args=[secrets.token_hex(4), epoch, offset],
+        return self._replay(keys=[self._pos, *streams], args=[epoch_candidate(), epoch, offset],
                             client=client)
 
     # -- subscriptions ----------------------------------------------------------------
@@ -438,8 +437,7 @@ class RedisBroker:
 
     def _reconnect(self) -> None:
         """Subscribe everything again, then replay what this process missed, then go on."""
-        epoch, _ = self._setup(keys=[self._pos],
-                               args=[secrets.token_hex(4), self.history, self.ttl])
+        epoch, _ = self._record_bounds()
         self._connect_pubsub()
         ids = sorted(self._wanted)
         self._unconfirmed = set(ids)

@@ -34,6 +34,10 @@ last id unless that id is older than ``ttl`` (a stream only expires after
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections.abc import Sequence
+
 #: the pseudo-id under which broadcasts are kept and sent (no real id has a ``*``)
 BROADCAST = "*"
 
@@ -42,6 +46,30 @@ SEQ_PER_MS = 1024
 
 #: history bounds a publish uses when no server has written its own yet
 DEFAULT_HISTORY, DEFAULT_TTL = 100, 300
+
+
+#: this process's part of every epoch it proposes, drawn once; a counter makes each unique
+_PROPOSER = os.urandom(3).hex()
+_PROPOSALS = itertools.count()
+
+
+def epoch_candidate() -> str:
+    """The epoch a script takes if Redis has none (it lost its history): never one seen before.
+
+    Every script call carries one, and it is used only after a loss; a random part
+    per process and a count make it unique without a random draw (a syscall) per call.
+    """
+    return f"{_PROPOSER}{next(_PROPOSALS):x}"
+
+
+def publish_arguments(prefix: str, items: Sequence[tuple[str, bytes]]) -> tuple[list, list]:
+    """KEYS and ARGV of :data:`PUBLISH` for ``(id, data)`` items (:data:`BROADCAST`: to all)."""
+    keys: list = [position_key(prefix)]
+    args: list = [epoch_candidate()]
+    for id, data in items:
+        keys.append(stream_key(prefix, id))
+        args += (channel(prefix, id), data)
+    return keys, args
 
 
 def position_key(prefix: str) -> str:
