@@ -95,6 +95,8 @@ class Setting:
     parse: Callable[[str], Any]
     default: Any
     help: str
+    #: an on/off switch: the bare flag means on
+    switch: bool = False
 
     @property
     def flag(self) -> str:
@@ -149,6 +151,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis", redis_url, None,
             "Redis URL (redis://, rediss://, unix://; password and db from it, never "
             "logged): the broker that spans processes and machines (default: in-process)"),
+    Setting("redis_cluster", on_off, False,
+            "the --redis URL is a node of a Redis Cluster (7+): sharded pub/sub, each id's "
+            "history on its own shard, positions per stream", switch=True),
     Setting("redis_wait", non_negative_float, 0.0,
             "seconds to keep trying at start while Redis cannot be reached (0: exit at once)"),
     Setting("allow_origin", text_or_none, None,
@@ -201,8 +206,9 @@ def build_parser(prog: str = "python -m comet.server") -> argparse.ArgumentParse
         epilog=f"Every flag can also be set as an environment variable {ENV_PREFIX}<NAME>, "
                f"for example {ENV_PREFIX}MAX_CONNECTIONS=10000.")
     for setting in SETTINGS:
+        bare = {"nargs": "?", "const": True} if setting.switch else {}
         parser.add_argument(setting.flag, dest=setting.name, type=_argparse_type(setting),
-                            default=None,
+                            default=None, **bare,
                             help=f"{setting.help} (default: {_shown(setting.default)})")
     return parser
 
@@ -225,6 +231,8 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     values = from_environment(environ)
     flags = vars(build_parser().parse_args(argv))
     values.update({name: value for name, value in flags.items() if value is not None})
+    if values.get("redis_cluster") and not values.get("redis"):
+        raise SystemExit("--redis-cluster needs --redis URL: a node of the cluster to start from")
     return Settings(**values)
 
 

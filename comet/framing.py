@@ -32,6 +32,7 @@ class Framing(NamedTuple):
     period: str                                 #: the Settings attribute giving tick seconds
     wire: Callable[[bytes], bytes]              #: body bytes -> socket bytes (sleeping life)
     ending: Callable[[End], bytes]              #: end -> the socket bytes that end it
+    shows_id: bool                              #: the client sees message ids (resumes)
 
 
 def _no_farewell(end: End) -> bytes:
@@ -64,19 +65,19 @@ def framing_for(name: str, settings) -> Framing:
     if name == "test":
         return Framing("test", wire.TEST_CONTENT_TYPE, wire.test_welcome, wire.test_message,
                        wire.test_tick, _test_farewell, None, "interval", wire.chunk,
-                       _chunked_ending(_test_farewell))
+                       _chunked_ending(_test_farewell), False)
     if name == "events":
         retry = wire.sse_retry(settings.sse_retry)
         return Framing("events", wire.SSE_CONTENT_TYPE, lambda id: retry,
                        lambda m: wire.sse_event(m.data, id=m.id),
                        lambda n, id: wire.SSE_HEARTBEAT, _no_farewell, wire.sse_missed,
-                       "heartbeat", wire.chunk, _chunked_ending(_no_farewell))
+                       "heartbeat", wire.chunk, _chunked_ending(_no_farewell), True)
     if name == "poll":  # a waiting poll sends nothing until its answer (lives' poll code)
         return Framing("poll", wire.POLL_CONTENT_TYPE, lambda id: b"", lambda m: b"",
                        lambda n, id: b"", _no_farewell, None, "poll_timeout", wire.chunk,
-                       _chunked_ending(_no_farewell))
+                       _chunked_ending(_no_farewell), True)
     if name == "ws":
         return Framing("ws", "", lambda id: b"", lambda m: wire.ws_text(m.data),
                        lambda n, id: wire.WS_PING_FRAME, _ws_farewell, None, "heartbeat",
-                       _identity, _ws_farewell)
+                       _identity, _ws_farewell, False)
     raise ValueError(name)

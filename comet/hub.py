@@ -36,6 +36,8 @@ from collections.abc import Sequence
 
 from comet import ends
 from comet.broker import Broker, BrokerUnavailable, Message, Replay
+from comet.broker import cursor as cursor_text
+from comet.broker.cursor import Cursor
 from comet.broker.memory import MemoryBroker, MemoryHistory
 from comet.config import Settings
 from comet.ends import End
@@ -67,12 +69,14 @@ class Outgoing:
     and the queues holding it are done (the history keeps the Message).
     """
 
-    __slots__ = ("id", "data", "seq", "_frames")
+    __slots__ = ("id", "data", "seq", "epoch", "stream", "_frames")
 
     def __init__(self, message: Message) -> None:
         self.id = message.id
         self.data = message.data
         self.seq = message.seq
+        self.epoch = message.epoch
+        self.stream = message.stream
         self._frames: dict[str, bytes] | None = None
 
     def framed(self, framing) -> bytes:
@@ -115,13 +119,36 @@ class _Opening:
 
 
 def broker_for(settings: Settings) -> Broker:
-    """The broker the settings ask for: Redis with ``--redis``, else the in-process one."""
+    """The broker the settings ask for: Redis with ``--redis`` (a cluster with
+    ``--redis-cluster``), else the in-process one."""
+    if settings.redis and settings.redis_cluster:
+        from comet.broker.rediscluster import RedisClusterBroker
+        return RedisClusterBroker(settings.redis, history=settings.history,
+                                  history_ttl=settings.history_ttl, wait=settings.redis_wait)
     if settings.redis:
         from comet.broker.redis import RedisBroker  # redis-py only where it is used
         return RedisBroker(settings.redis, history=settings.history,
                            history_ttl=settings.history_ttl, wait=settings.redis_wait)
     return MemoryBroker(MemoryHistory(settings.history, settings.history_ttl,
                                       settings.history_memory))
+
+
+def _begin_vector(conn, replay: Replay, held: list, resume: bool) -> list:
+    """A login's first messages where positions are per stream: the replay, then what
+    was held while it came, each once, each with the connection's position as id.
+
+    The connection's :class:`~comet.broker.cursor.Cursor` starts where the replay
+    began. A new login (not a resume) starts at each stream's last message, read
+    after its subscription took: a held message published in between is at or
+    before that, and is new to the client all the same, so the cursor steps back
+    to just before the first one of each stream.
+    """
+    cursor = Cursor(cursor_text.parse(replay.start) or {})
+    if not resume:
+        for message in held:
+            cursor.before(message.stream, message.epoch, message.seq)
+    conn.seen = cursor
+    return [out for out in map(conn.fresh, (*replay.messages, *held)) if out is not None]
 
 
 class Hub:
@@ -173,32 +200,41 @@ class Hub:
         counters.open[conn.transport] += 1
         counters.accepted += 1
         self.releaser.observe(counters.held)
-        stand_in = _Opening(self.settings.queue_limit) if resume else conn
+        vector = self.broker.vector
+        # Per stream positions (a cluster): every login learns where it begins, by a
+        # round trip during which messages arrive, so every login waits as a resume does.
+        waits = resume or vector
+        stand_in = _Opening(self.settings.queue_limit) if waits else conn
         for id in ids:
             self.router.login(id, stand_in)
         try:
             self.broker.subscribe(ids)
-            replay = self.broker.replay(ids, last) if resume else None
+            replay = self.broker.replay(ids, last if resume else None) if waits else None
         except BrokerUnavailable as exc:
             log.warning("%r cannot be served: %s", conn, exc)
             self._logout(stand_in)
             conn.end(ends.BROKER_DOWN)
             return None
-        if not resume:
+        if not waits:
             return None
         # Swap the stand-in for the connection in one turn: nothing is delivered between.
         self.router.logout(stand_in)
         for id in ids:
             self.router.login(id, conn)
-        messages = replay.messages
         held = stand_in.held
-        if held:
-            first = held[0].seq
-            messages = [m for m in messages if m.seq < first] + held
-        if messages:
-            conn.seen = messages[-1].seq
+        if vector:
+            messages = _begin_vector(conn, replay, held, resume)
+        else:
+            messages = replay.messages
+            if held:
+                first = held[0].seq
+                messages = [m for m in messages if m.seq < first] + held
+            if messages:
+                conn.seen = messages[-1].seq
         if stand_in.ended is not None or stand_in.overflowed:
             self.drop(conn, stand_in.ended or ends.SLOW_CONSUMER)
+        if not (resume or messages):
+            return None
         return Replay(messages, replay.missed, replay.start)
 
     def close(self, conn) -> None:
@@ -272,9 +308,10 @@ class Hub:
             log.warning("ended %d connections whose missed messages history no longer has",
                         len(conns))
 
-    def position(self) -> str:
-        """The id a client that has seen everything so far would hold (long-poll's ``last``)."""
-        return self.broker.position()
+    def position(self) -> str | None:
+        """The id a client that has seen everything so far would hold (long-poll's
+        ``last``); None where positions are per stream (each connection has its own)."""
+        return None if self.broker.vector else self.broker.position()
 
     # -- the server's life ------------------------------------------------------------
 

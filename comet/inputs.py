@@ -21,6 +21,11 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 MAX_IDS_PER_CONNECTION = 64
 
 
+#: characters of a client's position (``Last-Event-ID``, ``since``): one id, or in a
+#: Redis Cluster one element per stream read (comet.broker.cursor)
+MAX_POSITION = 8192
+
+
 class BadRequest(Exception):
     """A client error: ``status`` is the HTTP status line, ``reason`` says why."""
 
@@ -112,8 +117,9 @@ def last_event_id(environ: dict, header: str | None = "HTTP_LAST_EVENT_ID",
     if value is None:
         values = parse_qs(environ.get("QUERY_STRING", "")).get(param)
         value = values[0] if values else None
-    if value is not None and (len(value) > 128 or not value.isprintable()):
-        raise BadRequest("400 Bad Request", f"bad {param}: at most 128 printable characters")
+    if value is not None and (len(value) > MAX_POSITION or not value.isprintable()):
+        raise BadRequest("400 Bad Request",
+                         f"bad {param}: at most {MAX_POSITION} printable characters")
     return value or None
 
 

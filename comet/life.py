@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 
 from comet import ends, wire, wsreader
+from comet.broker.cursor import Positioned
 from comet.ends import End
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class Life:
         "ids",      #: ids logged in as (owned by the router)
         "hub",      #: the server's Hub: open, close, drop, settings, timer wheel (shared)
         "framing",  #: the transport's Framing (shared by all its connections)
-        "seen",     #: seq of the newest message written (replay dedupe)
+        "seen",     #: seq of the newest message written (replay dedupe), or a Cursor
         "ended",    #: None while live, else the End that ends it
     )
 
@@ -49,12 +50,25 @@ class Life:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {','.join(self.ids)} on {self.transport}>"
 
-    def fresh(self, message) -> bool:
-        """True for a message this connection has not written yet (a replay may have)."""
-        if message.seq <= self.seen:
-            return False
-        self.seen = message.seq
-        return True
+    def fresh(self, message):
+        """What to write of a message this connection has not written yet (a replay may
+        have), else None: the message itself, or where positions are per stream (a
+        :class:`~comet.broker.cursor.Cursor` in ``seen``) and the client sees ids, the
+        message with this connection's position as its id."""
+        seen = self.seen
+        if seen.__class__ is int:
+            if message.seq <= seen:
+                return None
+            self.seen = message.seq
+            return message
+        if not seen.advance(message):
+            return None
+        return Positioned(seen.text(), message) if self.framing.shows_id else message
+
+    def position(self, fallback: str | None) -> str:
+        """Where a client that got all this connection wrote goes on from: ``fallback``
+        (one id for every stream), or this connection's own per stream position."""
+        return fallback if fallback is not None else self.seen.text()
 
 
 def client_answer(event: wsreader.Event) -> tuple[bytes | None, End | None]:

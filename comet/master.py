@@ -124,7 +124,8 @@ def preload(settings: config.Settings) -> None:
     (``hub.broker_for``), so a single process without Redis never loads it.
     """
     if settings.redis:
-        importlib.import_module("comet.broker.redis")
+        importlib.import_module("comet.broker.rediscluster" if settings.redis_cluster
+                                else "comet.broker.redis")
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

@@ -90,7 +90,7 @@ class PlainConnection(Life):
 
     def take(self) -> list:
         """What is queued and not yet seen (a replay may have covered it), oldest first."""
-        items = [m for m in self._queue if self.fresh(m)]
+        items = [out for out in map(self.fresh, self._queue) if out is not None]
         self._queue.clear()
         self._wakeup.clear()
         return items
@@ -138,14 +138,15 @@ def stream_life(conn: PlainConnection, begin: Callable[[Life], bytes]) -> Iterat
 
 
 def poll_life(conn: PlainConnection, begin: Callable[[Life], bytes | None],
-              position: str) -> bytes:
+              position: str | None) -> bytes:
     """The JSON answer of one long-poll: at once from history, or the first message, or none."""
     try:
         answer = begin(conn)
         if answer is None:
             conn.wait(conn.hub.settings.poll_timeout)
             messages = conn.take()
-            answer = wire.poll_answer(messages, messages[-1].id if messages else position)
+            answer = wire.poll_answer(messages, messages[-1].id if messages
+                                      else conn.position(position))
         if conn.ended is None:
             conn.ended = ends.ANSWERED
         return answer

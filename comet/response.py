@@ -88,7 +88,8 @@ class PollResponse(Response):
 
     def __init__(self, hub: Hub, framing: Framing, ids: list[str], since: str | None) -> None:
         super().__init__(hub, framing, ids, since, resume=since is not None)
-        #: where an empty answer tells the client to go on from: nothing is lost between polls
+        #: where an empty answer tells the client to go on from: nothing is lost between
+        #: polls (None where positions are per stream: each connection has its own)
         self.position = hub.position()
 
     def begin(self, conn: Life) -> bytes | None:

@@ -69,9 +69,12 @@ class SleepingConnection(Life):
     # -- the router's and the hub's interface ---------------------------------------
 
     def deliver(self, message) -> bool:
-        if self.ended is not None or not self.fresh(message):
-            return True  # ending (the message is moot), or the replay carried it
-        return self._write(message.framed(self.framing))
+        if self.ended is not None:
+            return True
+        out = self.fresh(message)
+        if out is None:
+            return True
+        return self._write(out.framed(self.framing))
 
     def drop(self, end: End) -> int:
         """The hub gave up on it (a slow reader): close now, forget what is queued."""
@@ -215,12 +218,13 @@ class SleepingPoll(SleepingConnection):
     the request had been answered in its own greenlet.
     """
 
-    __slots__ = ("resume", "position")
+    __slots__ = ("resume", "last")
 
-    def __init__(self, hub, framing, position: str) -> None:
+    def __init__(self, hub, framing, last: str | None) -> None:
         super().__init__(hub, framing)
-        #: where an empty answer tells the client to go on from
-        self.position = position
+        #: where an empty answer tells the client to go on from (None: from its own
+        #: per stream position, made when it logs in)
+        self.last = last
         #: hands the socket back to the HTTP server for the next request
         self.resume: Resume | None = None
 
@@ -229,18 +233,19 @@ class SleepingPoll(SleepingConnection):
         super().wake(sock)  # waits on the timer wheel for --poll-timeout
 
     def deliver(self, message) -> bool:
-        if self.ended is None and self.fresh(message):
-            self._answer([message], message.id)
+        out = self.fresh(message) if self.ended is None else None
+        if out is not None:
+            self._answer([out], out.id)
         return True
 
     def on_timer(self) -> None:
         if self.sock is not None and self.ended is None:
-            self._answer([], self.position)
+            self._answer([], self.position(self.last))
 
     def end(self, end: End) -> None:
         """Server shutdown: answer now, empty, so the client polls the next server."""
         if self.ended is None:
-            self._answer([], self.position, keep_alive=False)
+            self._answer([], self.position(self.last), keep_alive=False)
 
     def _answer(self, messages: list, last: str, keep_alive: bool = True) -> None:
         self.ended = ends.ANSWERED

@@ -2,9 +2,15 @@
 
 Each test takes a ``broker`` built by one of :data:`BROKERS` with a history of
 3 messages per id, started with a recording ``deliver``: the in-process broker,
-and the Redis broker on a real ``redis-server`` of the test's own. A broker
-that spans processes delivers a publish when it comes back from Redis, so the
-tests wait for deliveries (:meth:`Delivered.wait`) and compare messages by id.
+the Redis broker on a real ``redis-server`` of the test's own, and the Redis
+Cluster broker on a real three-node cluster. A broker that spans processes
+delivers a publish when it comes back from Redis, so the tests wait for
+deliveries (:meth:`Delivered.wait`) and compare messages by id.
+
+Where positions are per stream (the cluster: ``broker.vector``), a client's
+position is a vector, and messages of different streams have no order but
+their offsets' (each node's clock): :func:`start_of` and :func:`after` give
+positions either way, and orders are compared per stream there.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import pytest
 
 from comet.broker import Message, parse_position
+from comet.broker import cursor as positions
 from comet.broker.memory import MemoryBroker, MemoryHistory
 from tests.realserver import wait_until
 
@@ -42,7 +49,35 @@ def redis_broker(request):
     return RedisBroker(server.url, history=3, history_ttl=60.0)
 
 
-BROKERS = {"memory": memory_broker, "redis": redis_broker}
+def redis_cluster_broker(request):
+    from comet.broker.rediscluster import RedisClusterBroker
+    cluster = request.getfixturevalue("redis_cluster")
+    return RedisClusterBroker(cluster.url, history=3, history_ttl=60.0)
+
+
+BROKERS = {"memory": memory_broker, "redis": redis_broker, "redis-cluster": redis_cluster_broker}
+
+
+def start_of(broker, ids: list[str]) -> str:
+    """Where a client logging in as ``ids`` now begins."""
+    return broker.replay(ids, None).start if broker.vector else broker.position()
+
+
+def after(broker, start: str, *messages: Message) -> str:
+    """The position of a client that began at ``start`` and then got ``messages``."""
+    if not broker.vector:
+        return messages[-1].id
+    cursor = positions.Cursor(positions.parse(start))
+    for message in messages:
+        cursor.advance(message)
+    return cursor.text()
+
+
+def in_order(broker, messages) -> list:
+    """Messages as a broker's order promises them: all in one order, or per stream."""
+    if not broker.vector:
+        return [m.id for m in messages]
+    return sorted((m.stream, m.seq, m.id) for m in messages)
 
 
 @pytest.fixture(params=sorted(BROKERS))
@@ -70,30 +105,35 @@ def test_a_broadcast_is_delivered_as_none(broker):
 def test_message_ids_share_an_epoch_and_count_up(broker):
     broker.subscribe(["a", "b"])
     messages = [broker.publish(id, b"x")[0] for id in ("a", "b", "a")]
-    epochs = {m.id.rpartition("-")[0] for m in messages}
-    assert len(epochs) == 1
-    epoch = epochs.pop()
-    offsets = [parse_position(m.id, epoch) for m in messages]
-    assert offsets == sorted(offsets) and len(set(offsets)) == 3
-    assert [m.seq for m in messages] == offsets
-    assert broker.position() == messages[-1].id
+    streams = [[messages[0], messages[2]], [messages[1]]]
+    if not broker.vector:  # one counter for every id
+        streams = [messages]
+        assert broker.position() == messages[-1].id
+    for stream in streams:
+        epochs = {m.id.rpartition("-")[0] for m in stream}
+        assert len(epochs) == 1
+        epoch = epochs.pop()
+        offsets = [parse_position(m.id, epoch) for m in stream]
+        assert offsets == sorted(offsets) and len(set(offsets)) == len(stream)
+        assert [m.seq for m in stream] == offsets
 
 
 def test_replay_gives_the_ids_and_the_broadcasts_after_the_last_id_oldest_first(broker):
     broker.subscribe(["a", "b"])
-    start = broker.position()
+    start = start_of(broker, ["a"])
     a1 = broker.publish("a", b"a1")[0]
     broker.publish("b", b"b1")
     every = broker.broadcast(b"all")[0]
     a2 = broker.publish("a", b"a2")[0]
     replay = broker.replay(["a"], start)
-    assert [m.id for m in replay.messages] == [a1.id, every.id, a2.id]
+    assert in_order(broker, replay.messages) == in_order(broker, [a1, every, a2])
     assert replay.missed is False
-    assert [m.data for m in broker.replay(["a"], every.id).messages] == [b"a2"]
+    assert [m.data for m in broker.replay(["a"], after(broker, start, a1, every)).messages] \
+        == [b"a2"]
 
 
 def test_a_publish_that_reaches_nobody_still_lands_in_history(broker):
-    start = broker.position()
+    start = start_of(broker, ["nobody-here"])
     message, _ = broker.publish("nobody-here", b"kept")
     assert [m.id for m in broker.replay(["nobody-here"], start).messages] == [message.id]
 
@@ -104,17 +144,22 @@ def test_an_id_of_another_epoch_is_missed_and_what_is_kept_follows(broker):
     replay = broker.replay(["a"], "not-an-epoch-7")
     assert replay.missed is True
     assert [m.id for m in replay.messages] == [kept.id]
-    assert parse_position(replay.start, kept.id.rpartition("-")[0]) == 0
+    epoch = kept.id.rpartition("-")[0]
+    if broker.vector:
+        assert positions.parse(replay.start)["a"] == (epoch, 0)
+    else:
+        assert parse_position(replay.start, epoch) == 0
 
 
 def test_history_beyond_its_bound_is_reported_missed_never_silently_gone(broker):
     broker.subscribe(["a"])
-    start = broker.position()
+    start = start_of(broker, ["a"])
     sent = [broker.publish("a", b"%d" % n)[0] for n in range(5)]  # the bound is 3
     replay = broker.replay(["a"], start)
     assert replay.missed is True
     assert [m.id for m in replay.messages] == [m.id for m in sent[-3:]]
-    assert broker.replay(["a"], sent[1].id).missed is False  # from there on all is kept
+    # from there on all is kept
+    assert broker.replay(["a"], after(broker, start, *sent[:2])).missed is False
 
 
 def test_unsubscribe_and_subscribe_again_keep_delivery_and_history_whole(broker):
@@ -130,8 +175,13 @@ def test_a_batch_is_published_in_order_with_ids_that_count_up(broker):
     published = broker.publish_many([("a", b"1"), ("b", b"2"), ("a", b"3")])
     ids = [message.id for message, _ in published]
     assert [message.data for message, _ in published] == [b"1", b"2", b"3"]
-    assert broker.delivered.wait(3) == list(zip(["a", "b", "a"], ids, strict=True))
-    assert [m.id for m in broker.replay(["a", "b"], "x-0").messages] == ids
+    delivered = broker.delivered.wait(3)
+    expected = list(zip(["a", "b", "a"], ids, strict=True))
+    if broker.vector:  # two nodes: no order between a and b
+        delivered, expected = sorted(delivered), sorted(expected)
+    assert delivered == expected
+    replayed = broker.replay(["a", "b"], "x-0").messages
+    assert in_order(broker, replayed) == in_order(broker, [m for m, _ in published])
 
 
 def test_a_publish_to_an_id_not_subscribed_here_is_not_delivered_here(broker):

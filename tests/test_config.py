@@ -39,3 +39,15 @@ def test_usage_doc_carries_the_current_options_table():
     import pathlib
     doc = (pathlib.Path(__file__).parent.parent / "docs" / "usage.rst").read_text()
     assert config.options_table() in doc, "regenerate the table in docs/usage.rst"
+
+
+def test_redis_cluster_is_a_switch_and_needs_a_redis_url():
+    settings = config.load(["--redis", "redis://127.0.0.1:7000", "--redis-cluster"], environ={})
+    assert settings.redis_cluster is True
+    assert config.load(["--redis", "redis://h:1"], environ={}).redis_cluster is False
+    assert config.load(["--redis", "redis://h:1", "--redis-cluster", "off"],
+                       environ={}).redis_cluster is False
+    assert config.load([], environ={"COMET_REDIS": "redis://h:1",
+                                    "COMET_REDIS_CLUSTER": "on"}).redis_cluster is True
+    with pytest.raises(SystemExit, match="--redis-cluster needs --redis"):
+        config.load(["--redis-cluster"], environ={})

@@ -36,14 +36,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 
 class Message:
-    """One accepted message: its id (``<epoch>-<offset>``), its bytes, and ``seq`` to order it."""
+    """One accepted message: its id (``<epoch>-<offset>``), its bytes, and ``seq`` to order it.
 
-    __slots__ = ("id", "data", "seq")
+    ``stream`` (the id it was sent to, ``*`` for a broadcast) is set where
+    positions are per stream (Redis Cluster, :mod:`comet.broker.cursor`).
+    """
 
-    def __init__(self, epoch: str, seq: int, data: bytes) -> None:
+    __slots__ = ("id", "data", "seq", "epoch", "stream")
+
+    def __init__(self, epoch: str, seq: int, data: bytes, stream: str | None = None) -> None:
         self.id = f"{epoch}-{seq}"
         self.data = data
         self.seq = seq
+        self.epoch = epoch
+        self.stream = stream
 
     def __repr__(self) -> str:
         return f"Message({self.id!r}, {self.data[:40]!r})"
@@ -87,6 +93,12 @@ class Broker(Protocol):
     #: True when a publish may be delivered by other processes too: then ``publish``
     #: returns None for the count, as the local count would mislead
     spans_processes: bool
+
+    #: True when a client's position is one element per stream (a
+    #: :class:`~comet.broker.cursor.Cursor`): ``replay``'s ``start`` is then that
+    #: vector's text, ``replay(ids, None)`` gives where a new login begins, and
+    #: ``position()`` is not used
+    vector: bool
 
     #: False while the broker cannot publish or subscribe (``/health`` answers 503)
     up: bool

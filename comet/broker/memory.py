@@ -38,6 +38,7 @@ class MemoryBroker:
     """The in-process :class:`~comet.broker.Broker`: history in memory, delivery at once."""
 
     spans_processes = False
+    vector = False
     up = True
 
     def __init__(self, history: MemoryHistory | None = None) -> None:

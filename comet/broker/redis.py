@@ -89,6 +89,7 @@ class RedisBroker:
     """The :class:`~comet.broker.Broker` over Redis: pub/sub for delivery, streams for history."""
 
     spans_processes = True
+    vector = False
 
     def __init__(self, url: str, *, history: int = 100, history_ttl: float = 300.0,
                  prefix: str = "comet", timeout: float = 5.0, wait: float = 0.0) -> None:

@@ -185,3 +185,118 @@ SETUP = _HEAD + """
 redis.call('HSET', pos, 'history', ARGV[2], 'ttl', ARGV[3])
 return {epoch, string.format('%.0f', last)}
 """
+
+
+# -- Redis Cluster: one stream per script call, positions per stream ------------------
+#
+# A script may only touch keys of one slot, so in a cluster there is no ``pos`` hash:
+# each id's stream carries its own epoch, in an entry ``0-1`` that opens it (field
+# ``e``), and its own offsets (``max(its last + 1, ms * 1024)``, by the clock of the
+# node that holds it). A client's position is then one ``<epoch>-<offset>`` per
+# stream it reads (:mod:`comet.broker.cursor`), not one for all.
+
+#: the entry that opens every stream in a cluster and holds its epoch
+EPOCH_ENTRY = "0-1"
+
+_SHARD_HEAD = f"""
+local SEQ_PER_MS = {SEQ_PER_MS}
+""" + """
+local stream = KEYS[1]
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local function offset_of(id) return tonumber(string.match(id, '^(%d+)')) end
+local function text(n) return string.format('%.0f', n) end
+local function epoch_of(key)
+  local head = redis.call('XRANGE', key, '0-1', '0-1')
+  if head[1] then return head[1][2][2] end
+  return nil
+end
+"""
+
+#: KEYS: the stream; ARGV: a fresh epoch, the channel, the message, history, ttl.
+#: Gives the message the stream's next offset, keeps it (the newest ``history``),
+#: SPUBLISHes ``<epoch> <seq> <data>``; returns {epoch, seq}.
+SHARD_PUBLISH = _SHARD_HEAD + """
+local chan, data = ARGV[2], ARGV[3]
+local history, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local epoch = epoch_of(stream)
+local last = 0
+if epoch then
+  local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  last = offset_of(tail[1][1])
+  if last == 0 then
+    local info = redis.call('XINFO', 'STREAM', stream)
+    for j = 1, #info, 2 do
+      if info[j] == 'last-generated-id' then last = offset_of(info[j + 1]) end
+    end
+  end
+else
+  epoch = ARGV[1]
+  redis.call('XADD', stream, '0-1', 'e', epoch)
+end
+local seq = math.max(last + 1, now_ms * SEQ_PER_MS)
+local s = text(seq)
+redis.call('XADD', stream, s .. '-0', 'd', data)
+local excess = redis.call('XLEN', stream) - 1 - history
+if excess > 0 then
+  -- XDEL, not MAXLEN: it keeps the epoch entry and records max-deleted-entry-id
+  local old = redis.call('XRANGE', stream, '(0-1', '+', 'COUNT', excess)
+  for _, entry in ipairs(old) do redis.call('XDEL', stream, entry[1]) end
+end
+redis.call('EXPIRE', stream, ttl)
+redis.call('SPUBLISH', chan, epoch .. ' ' .. s .. ' ' .. data)
+return {epoch, s}
+"""
+
+#: KEYS: the stream; ARGV: the client's epoch for it ('' for "as of" a time), its
+#: offset, '1' if the client has a position in it ('0': it starts now), history, ttl.
+#: Returns {epoch, last, missed, after, seq1, data1, ...}: what the stream keeps after
+#: the position, whether some is lost, and the position the replay starts after
+#: (epoch '' and an offset of now when the stream does not exist).
+SHARD_REPLAY = _SHARD_HEAD + """
+local their_epoch, after, has = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+local history, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local epoch = epoch_of(stream)
+if not epoch then
+  -- nothing kept: lost unless the client's position is "as of" a time; a message
+  -- published from now on gets an offset above the one returned
+  local missed = 0
+  if has and their_epoch ~= '' then missed = 1 end
+  return {'', text(now_ms * SEQ_PER_MS - 1), missed, text(now_ms * SEQ_PER_MS - 1)}
+end
+local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+local last = offset_of(tail[1][1])
+local info = redis.call('XINFO', 'STREAM', stream)
+local deleted = 0
+for j = 1, #info, 2 do
+  if info[j] == 'max-deleted-entry-id' then deleted = offset_of(info[j + 1]) end
+  if info[j] == 'last-generated-id' then last = offset_of(info[j + 1]) end
+end
+if not has then
+  return {epoch, text(last), 0, text(last)}
+end
+local missed = 0
+if their_epoch == '' then
+  -- "as of" a time: this stream began after it; what it kept all came later, unless
+  -- it was created more than ttl after that time (another stream may have come and gone)
+  local first = redis.call('XRANGE', stream, '(0-1', '+', 'COUNT', 1)
+  if first[1] and math.floor(offset_of(first[1][1]) / SEQ_PER_MS)
+      - math.floor(after / SEQ_PER_MS) > ttl * 1000 then
+    missed = 1
+  end
+  if deleted > after then missed = 1 end
+elseif their_epoch ~= epoch or after > last then
+  missed = 1
+  after = 0
+elseif deleted > after then
+  missed = 1
+end
+local start = '(' .. text(after) .. '-0'
+if after == 0 then start = '(0-1' end
+local out = {epoch, text(last), missed, text(after)}
+for _, entry in ipairs(redis.call('XRANGE', stream, start, '+', 'COUNT', history)) do
+  out[#out + 1] = text(offset_of(entry[1]))
+  out[#out + 1] = entry[2][2]
+end
+return out
+"""

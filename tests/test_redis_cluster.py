@@ -1,0 +1,243 @@
+"""Servers on a real three-node Redis Cluster: sharded delivery, resume anywhere, slots moving.
+
+Two ``python -m comet.server --redis URL --redis-cluster`` processes stand for
+two machines; the cluster is the session's (tests/redisservers.py), reset
+before each test. Ids are picked on purpose on different nodes, so that a
+connection reads streams of several nodes: its position is a vector
+(comet/broker/cursor.py), and resuming must give every stream's missed
+messages exactly once, whatever order the nodes delivered them in.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import pytest
+import requests
+import websocket
+from redis.crc import key_slot
+
+from comet.broker import cursor
+from comet.broker.redisscripts import channel
+from tests.chunked import open_stream
+from tests.realserver import RealServer, post, subscribed
+from tests.sse import open_events
+
+
+def node_of(cluster, id: str) -> int:
+    return cluster.slot_owner(key_slot(channel("comet", id).encode()))
+
+
+def ids_on_distinct_nodes(cluster, count: int = 3) -> list[str]:
+    """``count`` ids whose streams live on ``count`` different nodes."""
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < count:
+        id = f"id{n}"
+        found.setdefault(node_of(cluster, id), id)
+        n += 1
+    return list(found.values())
+
+
+@pytest.fixture(params=["on", "off"], ids=["hibernate", "plain"])
+def pair(request, redis_cluster):
+    """Two servers on the cluster, both in the same connection life; stopped after."""
+    servers = [RealServer("--redis", redis_cluster.url, "--redis-cluster", "--interval", "0.2",
+                          "--poll-timeout", "1", "--hibernate", request.param).start()
+               for _ in range(2)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_a_message_reaches_its_id_on_the_other_server_once_in_every_transport(pair):
+    one, two = pair
+    stream = open_stream(two.port, "/test/u")
+    events = open_events(two.port, "/events/u")
+    ws = websocket.create_connection(f"ws://127.0.0.1:{two.port}/ws/u", timeout=10)
+    two.wait_for(lambda s: s["connections"]["total"] == 3, what="three subscribers")
+    poll = {}
+    thread = threading.Thread(target=lambda: poll.update(
+        requests.get(f"{two.url}/poll/u", timeout=10).json()))
+    thread.start()
+    two.wait_for(lambda s: s["connections"].get("poll") == 1, what="a waiting poll")
+    sent = post(one, "/send/u", b"across")
+    assert sent["delivered"] is None
+    assert stream.chunks_until(lambda c: b"across" in c)[-1].endswith(b"Recvd msg: across\n")
+    event = events.next_message()
+    assert event.data == "across"
+    # the event's id is the connection's position in each stream it reads
+    position = cursor.parse(event.id)
+    assert set(position) == {"u", "*"}
+    epoch, offset = position["u"]
+    assert f"{epoch}-{offset}" == sent["message"]
+    assert ws.recv() == "across"
+    thread.join(10)
+    assert [m["data"] for m in poll["messages"]] == ["across"]
+    assert cursor.parse(poll["last"])["u"] == position["u"]
+    post(one, "/send/u", b"second")
+    assert events.next_message().data == "second"
+    assert ws.recv() == "second"
+    stats = two.stats()
+    assert stats["messages"]["out"] == 4 + 3 and stats["broker"]["kind"] == "redis-cluster"
+    ws.close()
+    stream.close()
+    events.close()
+
+
+def test_a_broadcast_reaches_every_connection_on_both_servers_once(pair):
+    streams = [open_events(server.port, f"/events/b{n}") for n, server in enumerate(pair)]
+    for server in pair:
+        subscribed(server, 1)
+    post(pair[0], "/broadcast", b"everyone")
+    for events in streams:
+        assert events.next_message().data == "everyone"
+    post(pair[1], "/send/b0", b"after")
+    assert streams[0].next_message().data == "after"
+    for events in streams:
+        events.close()
+
+
+def test_a_client_of_ids_on_three_nodes_resumes_on_the_other_server_exactly(
+        pair, redis_cluster):
+    one, two = pair
+    a, b, c = ids_on_distinct_nodes(redis_cluster)
+    path = f"/events/{a}?id={b}&id={c}"
+    events = open_events(one.port, path)
+    subscribed(one, 3)
+    post(two, f"/send/{b}", b"b1")
+    first = events.next_message()
+    assert first.data == "b1"
+    events.close()
+    while_away = [(id, b"%s-%d" % (id.encode(), n)) for n in range(3) for id in (a, b, c)]
+    for id, data in while_away:
+        post(two, f"/send/{id}", data)
+    post(two, "/broadcast", b"all")
+    post(two, "/send/not-theirs", b"no")
+    resumed = open_events(two.port, path, {"Last-Event-ID": first.id})
+    got = [resumed.next_message() for _ in range(len(while_away) + 1)]
+    assert sorted(e.data for e in got) == sorted([d.decode() for _, d in while_away] + ["all"])
+    for id in (a, b, c):  # each stream in its own order
+        assert [e.data for e in got if e.data.startswith(id + "-")] == \
+            [f"{id}-{n}" for n in range(3)]
+    assert not any(e.event == "missed" for e in got)
+    post(one, f"/send/{c}", b"later")
+    assert resumed.next_message().data == "later"
+    resumed.close()
+
+
+def test_a_poll_resumes_on_the_other_server_from_its_since(pair):
+    one, two = pair
+    first = requests.get(f"{one.url}/poll/p?since=x-0", timeout=10)
+    assert first.status_code == 200 and first.json()["missed"] is True
+    position = first.json()["last"]
+    post(one, "/send/p", b"while away")
+    answer = requests.get(f"{two.url}/poll/p", params={"since": position}, timeout=10).json()
+    assert [m["data"] for m in answer["messages"]] == ["while away"]
+    assert not answer.get("missed")
+    again = requests.get(f"{one.url}/poll/p", params={"since": answer["last"]}, timeout=10)
+    assert again.json()["messages"] == [] and not again.json().get("missed")
+
+
+def test_history_beyond_its_bound_is_missed_on_the_other_server(redis_cluster):
+    servers = [RealServer("--redis", redis_cluster.url, "--redis-cluster",
+                          "--history", "2").start() for _ in range(2)]
+    try:
+        start = requests.get(f"{servers[0].url}/poll/h?since=x-0", timeout=10).json()["last"]
+        for n in range(4):
+            post(servers[0], "/send/h", b"%d" % n)
+        resumed = open_events(servers[1].port, "/events/h", {"Last-Event-ID": start})
+        notice = resumed.next_event()
+        while notice.event != "missed":
+            notice = resumed.next_event()
+        assert [resumed.next_message().data for _ in range(2)] == ["2", "3"]
+        resumed.close()
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_a_connection_keeps_its_messages_while_its_slot_moves_to_another_node(redis_cluster):
+    server = RealServer("--redis", redis_cluster.url, "--redis-cluster").start()
+    try:
+        events = open_events(server.port, "/events/mover")
+        subscribed(server, 1)
+        post(server, "/send/mover", b"before")
+        assert events.next_message().data == "before"
+        slot = key_slot(channel("comet", "mover").encode())
+        source = redis_cluster.slot_owner(slot)
+        redis_cluster.move_slot(slot, (source + 1) % 3)
+        server.wait_for(lambda s: s["broker"]["moved_ids"] >= 1, what="the id followed")
+        for n in range(3):
+            post(server, "/send/mover", b"after %d" % n)
+        assert [events.next_message().data for _ in range(3)] == [f"after {n}"
+                                                                  for n in range(3)]
+        broker = server.stats()["broker"]
+        assert broker["up"] is True and broker["moved_ids"] == 1
+        post(server, "/send/mover", b"last")  # nothing of before the move came again
+        assert events.next_message().data == "last"
+        events.close()
+    finally:
+        server.stop()
+
+
+def test_a_node_that_restarted_empty_ends_its_connections_and_they_learn_they_missed(
+        redis_cluster):
+    server = RealServer("--redis", redis_cluster.url, "--redis-cluster").start()
+    try:
+        lonely = next(id for id in (f"n{n}" for n in range(100))
+                      if node_of(redis_cluster, id) != node_of(redis_cluster, "*"))
+        events = open_events(server.port, f"/events/{lonely}")
+        subscribed(server, 1)
+        post(server, f"/send/{lonely}", b"kept once")
+        seen = events.next_message()
+        node = redis_cluster.nodes[node_of(redis_cluster, lonely)]
+        node.kill()
+        node.restart()  # no persistence: its streams are gone
+        redis_cluster.wait_ok()
+        with pytest.raises(AssertionError, match="stream ended"):
+            while True:  # ends (1012, history lost) once the server sees the restart
+                events.next_event()
+        server.wait_for(lambda s: s["broker"]["up"], what="the node back")
+        resumed = open_events(server.port, f"/events/{lonely}", {"Last-Event-ID": seen.id})
+        notice = resumed.next_event()
+        while notice.retry is not None and notice.event is None:
+            notice = resumed.next_event()  # the retry hint first
+        assert notice.event == "missed"  # not silently resumed
+        resumed.close()
+    finally:
+        server.stop()
+
+
+def test_a_publish_to_a_node_that_is_down_is_a_503_and_others_still_work(redis_cluster):
+    # a cluster that serves the slots it still has (by default Redis refuses everything
+    # once some slot has no node: cluster-require-full-coverage)
+    for index in range(3):
+        redis_cluster._admin(index).config_set("cluster-require-full-coverage", "no")
+    server = RealServer("--redis", redis_cluster.url, "--redis-cluster").start()
+    try:
+        down_id, up_id = next((x, y) for x, y in ((f"d{n}", f"u{n}") for n in range(100))
+                              if node_of(redis_cluster, x) != node_of(redis_cluster, y))
+        redis_cluster.nodes[node_of(redis_cluster, down_id)].pause()
+        answer = requests.post(f"{server.url}/send/{down_id}", data=b"x", timeout=30)
+        assert answer.status_code == 503 and "Retry-After" in answer.headers
+        assert requests.post(f"{server.url}/send/{up_id}", data=b"y",
+                             timeout=30).status_code == 200
+    finally:
+        for node in redis_cluster.nodes:
+            if node.paused:
+                node.resume()
+        for index in range(3):
+            redis_cluster._admin(index).config_set("cluster-require-full-coverage", "yes")
+        server.stop()
+
+
+def test_ids_spread_evenly_over_the_shards(redis_cluster):
+    """The whole id is the hash tag: 30,000 ids land within a few percent of a third
+    on each node (a short tag would crowd some nodes; centrifuge#554)."""
+    owners = redis_cluster.owners()
+    counts = collections.Counter(owners[key_slot(channel("comet", f"user{n}").encode())]
+                                 for n in range(30_000))
+    assert len(counts) == 3
+    assert max(counts.values()) / min(counts.values()) < 1.05, counts
