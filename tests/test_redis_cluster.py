@@ -11,6 +11,7 @@ messages exactly once, whatever order the nodes delivered them in.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import threading
 
 import pytest
@@ -241,3 +242,19 @@ def test_ids_spread_evenly_over_the_shards(redis_cluster):
                                  for n in range(30_000))
     assert len(counts) == 3
     assert max(counts.values()) / min(counts.values()) < 1.05, counts
+
+
+def test_a_crowd_of_logins_at_once_opens_one_pubsub_connection_per_node(redis_cluster):
+    server = RealServer("--redis", redis_cluster.url, "--redis-cluster").start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(60) as pool:  # all at once
+            crowd = list(pool.map(lambda n: open_events(server.port, f"/events/crowd{n}"),
+                                  range(60)))
+        subscribed(server, 60)
+        for index in range(3):  # this server's pub/sub connections, per node
+            clients = redis_cluster._admin(index).client_list(_type="pubsub")
+            assert len(clients) == 1, clients
+        for events in crowd:
+            events.close()
+    finally:
+        server.stop()

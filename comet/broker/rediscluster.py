@@ -133,6 +133,8 @@ class _Shard:
         self._write_lock = gevent.lock.Semaphore()
         self._reader: gevent.Greenlet | None = None
         self._closed = False
+        #: set once the first connection was tried (logins wait for it, not open their own)
+        self.ready = gevent.event.Event()
 
     # -- connecting -------------------------------------------------------------------
 
@@ -347,7 +349,7 @@ class RedisClusterBroker:
     def up(self) -> bool:
         """True while the cluster answers and every shard with ids is read."""
         return (self._client is not None and not self._closed
-                and all(shard.up for shard in self._shards.values()))
+                and all(shard.up for shard in self._shards.values() if shard.ready.is_set()))
 
     def start(self, deliver: Deliver, lost: Lost | None = None) -> None:
         """Reach the cluster (or raise :class:`BrokerUnavailable`), subscribe broadcasts."""
@@ -522,14 +524,25 @@ class RedisClusterBroker:
     # -- subscriptions ----------------------------------------------------------------
 
     def _shard_for(self, id: str) -> _Shard:
-        """The shard of the node serving ``id``'s slot, connected (made if new)."""
+        """The shard of the node serving ``id``'s slot, connected (made if new: the
+        logins that ask for it meanwhile wait for that one connection)."""
         node = self._client.get_node_from_key(channel(self.prefix, id))
         shard = self._shards.get(node.name)
         if shard is None:
-            shard = _Shard(self, node.host, node.port)
-            shard.connect()
+            shard = self._shards[node.name] = _Shard(self, node.host, node.port)
+            try:
+                shard.connect()
+            except BaseException:
+                if self._shards.get(node.name) is shard:
+                    del self._shards[node.name]
+                raise
+            finally:
+                shard.ready.set()
             shard.start_reading()
-            self._shards[node.name] = shard
+        elif not shard.ready.is_set():
+            shard.ready.wait(self.timeout)
+            if shard.conn is None:
+                raise BrokerUnavailable(f"cannot reach Redis node {shard.name}")
         return shard
 
     def _want(self, id: str) -> None:
