@@ -496,17 +496,20 @@ class RedisClusterBroker:
         answers: list = [None] * len(calls)
 
         def run_on(name: str, indexes: list[int]) -> None:
+            # EVALSHA as plain commands: a pipeline given the Script would first ask
+            # SCRIPT EXISTS, a round trip per batch; a node without it says NOSCRIPT
             with self._slots:
                 pipe = client.get_redis_connection(client.get_node(node_name=name)).pipeline(
                     transaction=False)
                 for index in indexes:
                     id, args = calls[index]
-                    script(keys=[stream_key(self.prefix, id)], args=args, client=pipe)
+                    pipe.execute_command("EVALSHA", script.sha, 1,
+                                         stream_key(self.prefix, id), *args)
                 for index, answer in zip(indexes, pipe.execute(raise_on_error=False),
                                          strict=True):
                     answers[index] = answer
-            for index in indexes:  # refused: moved or moving; in order, through the client
-                if isinstance(answers[index], ResponseError):
+            for index in indexes:  # refused (moved, moving, no script): in order, through
+                if isinstance(answers[index], ResponseError):  # the client, which copes
                     id, args = calls[index]
                     with self._slots:
                         answers[index] = script(keys=[stream_key(self.prefix, id)], args=args)
