@@ -15,6 +15,11 @@ one sent to ``POST /send/<id>``, because it runs the same script::
     # many in one round trip
     ids = comet.publish.publish_many(client, [("alice", "hi"), ("bob", "hey")])
 
+With a Redis Cluster (servers run with ``--redis-cluster``), pass a
+``redis.RedisCluster`` client: each message then runs its id's script on its
+id's node (one call per message), and the ids returned are per stream, as the
+servers' are there.
+
 The history bounds (``--history``, ``--history-ttl``) are the ones the
 servers recorded in Redis when they started. Only this module's functions and
 their arguments are the API; the keys behind them may change.
@@ -24,7 +29,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from comet.broker.redisscripts import BROADCAST, PUBLISH, publish_arguments
+import redis
+
+from comet.broker.redisscripts import (
+    BROADCAST,
+    DEFAULT_HISTORY,
+    DEFAULT_TTL,
+    PUBLISH,
+    SHARD_PUBLISH,
+    bounds_key,
+    channel,
+    epoch_candidate,
+    publish_arguments,
+    stream_key,
+)
 from comet.inputs import ID_PATTERN
 
 #: the key prefix comet's servers use
@@ -57,6 +75,8 @@ def publish_many(client, items: Iterable[tuple[str, str | bytes]],
 
 
 def _run(client, items: list[tuple[str, bytes]], prefix: str) -> list[str]:
+    if isinstance(client, redis.RedisCluster):
+        return _run_on_cluster(client, items, prefix)
     keys, args = publish_arguments(prefix, items)
     answer = client.register_script(PUBLISH)(keys=keys, args=args)
     epoch = _text(answer[0])
@@ -69,3 +89,17 @@ def _bytes(message: str | bytes) -> bytes:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _run_on_cluster(client, items: list[tuple[str, bytes]], prefix: str) -> list[str]:
+    """Each message by its own script call on its id's node, with the servers' bounds."""
+    history, ttl = client.hmget(bounds_key(prefix), "history", "ttl")
+    history = int(history) if history is not None else DEFAULT_HISTORY
+    ttl = int(ttl) if ttl is not None else DEFAULT_TTL
+    script = client.register_script(SHARD_PUBLISH)
+    ids = []
+    for id, data in items:
+        epoch, seq = script(keys=[stream_key(prefix, id)],
+                            args=[epoch_candidate(), channel(prefix, id), data, history, ttl])
+        ids.append(f"{_text(epoch)}-{int(seq)}")
+    return ids

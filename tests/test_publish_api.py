@@ -11,6 +11,7 @@ import pytest
 import redis
 
 import comet.publish
+from comet.broker import cursor
 from tests.realserver import RealServer, subscribed
 from tests.sse import open_events
 
@@ -43,3 +44,27 @@ def test_a_bad_id_is_refused_before_anything_is_sent(redis_server, bad):
     with pytest.raises(ValueError, match="bad id"):
         comet.publish.publish_many(client, [("fine", "first"), (bad, "second")])
     assert client.keys("*") == []  # not even the good one went
+
+
+def test_a_backend_publishes_into_a_cluster_with_the_servers_bounds_and_ids(redis_cluster):
+    server = RealServer("--redis", redis_cluster.url, "--redis-cluster", "--history", "2").start()
+    client = redis.RedisCluster.from_url(redis_cluster.url)
+    try:
+        a = open_events(server.port, "/events/a?id=b")
+        subscribed(server, 2)
+        one = comet.publish.publish(client, "a", "to a")
+        many = comet.publish.publish_many(client, [("b", b"to b"), ("a", "again")])
+        every = comet.publish.broadcast(client, "to all")
+        got = [a.next_message() for _ in range(4)]
+        assert sorted(e.data for e in got) == ["again", "to a", "to all", "to b"]
+        # each event's id holds the connection's place in every stream it reads
+        last = cursor.parse(got[-1].id)
+        assert {f"{e}-{s}" for e, s in last.values()} == {many[0], many[1], every}
+        assert int(one.rpartition("-")[2]) < int(many[1].rpartition("-")[2])
+        # the servers' bound (--history 2) holds for a backend's publish too
+        comet.publish.publish_many(client, [("a", "3"), ("a", "4")])
+        assert client.xlen("comet:{a}:h") == 1 + 2  # the epoch entry and two messages
+        a.close()
+    finally:
+        client.close()
+        server.stop()

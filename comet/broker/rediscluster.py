@@ -66,6 +66,7 @@ from comet.broker.redisscripts import (
     SEQ_PER_MS,
     SHARD_PUBLISH,
     SHARD_REPLAY,
+    bounds_key,
     channel,
     epoch_candidate,
     stream_key,
@@ -368,6 +369,8 @@ class RedisClusterBroker:
                     socket_timeout=self.timeout, socket_connect_timeout=self.timeout)
                 self._publish_script = self._client.register_script(SHARD_PUBLISH)
                 self._replay_script = self._client.register_script(SHARD_REPLAY)
+                self._client.hset(bounds_key(self.prefix),
+                                  mapping={"history": self.history, "ttl": self.ttl})
                 self._want(BROADCAST)
                 break
             except (RedisError, OSError, BrokerUnavailable) as exc:

@@ -195,8 +195,10 @@ return {epoch, string.format('%.0f', last)}
 # node that holds it). A client's position is then one ``<epoch>-<offset>`` per
 # stream it reads (:mod:`comet.broker.cursor`), not one for all.
 
-#: the entry that opens every stream in a cluster and holds its epoch
-EPOCH_ENTRY = "0-1"
+def bounds_key(prefix: str) -> str:
+    """A cluster's hash of the servers' history bounds (``history``, ``ttl``), for a
+    backend's publish (:mod:`comet.publish`); the servers pass theirs to each call."""
+    return f"{prefix}:bounds"
 
 _SHARD_HEAD = f"""
 local SEQ_PER_MS = {SEQ_PER_MS}
