@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import os
+import signal
 import threading
 
 import pytest
@@ -24,6 +26,7 @@ from comet.broker.redisscripts import channel
 from tests.chunked import open_stream
 from tests.realserver import RealServer, post, subscribed
 from tests.sse import open_events
+from tests.workerservers import WorkersServer, events_on_every_worker
 
 
 def node_of(cluster, id: str) -> int:
@@ -258,3 +261,36 @@ def test_a_crowd_of_logins_at_once_opens_one_pubsub_connection_per_node(redis_cl
             events.close()
     finally:
         server.stop()
+
+
+def test_two_workers_on_the_cluster_deliver_once_and_a_killed_ones_clients_resume_exactly(
+        redis_cluster):
+    srv = WorkersServer("--redis", redis_cluster.url, "--redis-cluster", workers=2).start()
+    events = []
+    try:
+        events = events_on_every_worker(srv)
+        first = {}
+        for n, stream in enumerate(events):
+            post(srv, f"/send/e{n}", b"first")
+            first[n] = stream.next_message()
+            assert first[n].data == "first"
+        victim = srv.stats()["workers"][1]
+        os.kill(victim["pid"], signal.SIGKILL)
+        srv.wait_for_log(f"worker 1 (pid {victim['pid']}) died")
+        for n in range(len(events)):
+            for k in range(3):
+                post(srv, f"/send/e{n}", b"m%d" % k)
+        post(srv, "/broadcast", b"to all")
+        for n, stream in enumerate(events):
+            stream.close()
+            resumed = open_events(srv.port, f"/events/e{n}", {"Last-Event-ID": first[n].id})
+            got = [resumed.next_message().data for _ in range(4)]
+            assert sorted(got) == ["m0", "m1", "m2", "to all"], f"subscriber e{n}"
+            assert [d for d in got if d != "to all"] == ["m0", "m1", "m2"]
+            post(srv, f"/send/e{n}", b"later")
+            assert resumed.next_message().data == "later"  # and nothing twice before it
+            resumed.close()
+    finally:
+        for stream in events:
+            stream.close()
+        srv.stop()

@@ -34,7 +34,7 @@ from comet.worker import fetch
 from tests.chunked import open_stream
 from tests.realserver import RealServer, free_port, post, wait_until
 from tests.sse import open_events
-from tests.workerservers import WorkersServer, alive
+from tests.workerservers import WorkersServer, alive, events_on_every_worker
 
 # -- without a broker that spans processes -------------------------------------------
 
@@ -399,19 +399,6 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_timeout(start_workers
 
 
 # -- no sticky sessions: every transport, broadcasts, and a client whose worker died ----
-
-
-def events_on_every_worker(srv: WorkersServer, most: int = 64) -> list:
-    """SSE subscribers (ids ``e0``, ``e1``...) until every worker holds at least one."""
-    streams = []
-    while len(streams) < most:
-        streams.append(open_events(srv.port, f"/events/e{len(streams)}"))
-        count = len(streams)
-        held = srv.wait_for(lambda s, count=count: s["broker"]["subscribed_ids"] == count,
-                            what="every subscriber's id subscribed")
-        if all(w["connections"].get("events", 0) > 0 for w in held["workers"]):
-            return streams
-    raise AssertionError(f"{most} subscribers did not reach every worker: {srv.stats()}")
 
 
 def test_every_transport_gets_its_message_once_whichever_worker_holds_it(start_workers):

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 
 from tests.realserver import RealServer
+from tests.sse import open_events
 
 STARTED = re.compile(r"started worker (\d+): pid (\d+)")
 RUNDIR = re.compile(r"run directory (\S+) ")
@@ -77,3 +78,16 @@ def _is_comet(pid: int) -> bool:
         return "comet.server" in " ".join(psutil.Process(pid).cmdline())
     except psutil.Error:
         return False
+
+
+def events_on_every_worker(srv: WorkersServer, most: int = 64) -> list:
+    """SSE subscribers (ids ``e0``, ``e1``...) until every worker holds at least one."""
+    streams = []
+    while len(streams) < most:
+        streams.append(open_events(srv.port, f"/events/e{len(streams)}"))
+        count = len(streams)
+        held = srv.wait_for(lambda s, count=count: s["broker"]["subscribed_ids"] == count,
+                            what="every subscriber's id subscribed")
+        if all(w["connections"].get("events", 0) > 0 for w in held["workers"]):
+            return streams
+    raise AssertionError(f"{most} subscribers did not reach every worker: {srv.stats()}")
