@@ -14,16 +14,12 @@ import collections
 import concurrent.futures
 import os
 import signal
-import threading
 
 import pytest
 import requests
-import websocket
 from redis.crc import key_slot
 
-from comet.broker import cursor
 from comet.broker.redisscripts import channel
-from tests.chunked import open_stream
 from tests.realserver import RealServer, post, subscribed
 from tests.sse import open_events
 from tests.workerservers import WorkersServer, events_on_every_worker
@@ -55,54 +51,6 @@ def pair(request, redis_cluster):
         server.stop()
 
 
-def test_a_message_reaches_its_id_on_the_other_server_once_in_every_transport(pair):
-    one, two = pair
-    stream = open_stream(two.port, "/test/u")
-    events = open_events(two.port, "/events/u")
-    ws = websocket.create_connection(f"ws://127.0.0.1:{two.port}/ws/u", timeout=10)
-    two.wait_for(lambda s: s["connections"]["total"] == 3, what="three subscribers")
-    poll = {}
-    thread = threading.Thread(target=lambda: poll.update(
-        requests.get(f"{two.url}/poll/u", timeout=10).json()))
-    thread.start()
-    two.wait_for(lambda s: s["connections"].get("poll") == 1, what="a waiting poll")
-    sent = post(one, "/send/u", b"across")
-    assert sent["delivered"] is None
-    assert stream.chunks_until(lambda c: b"across" in c)[-1].endswith(b"Recvd msg: across\n")
-    event = events.next_message()
-    assert event.data == "across"
-    # the event's id is the connection's position in each stream it reads
-    position = cursor.parse(event.id)
-    assert set(position) == {"u", "*"}
-    epoch, offset = position["u"]
-    assert f"{epoch}-{offset}" == sent["message"]
-    assert ws.recv() == "across"
-    thread.join(10)
-    assert [m["data"] for m in poll["messages"]] == ["across"]
-    assert cursor.parse(poll["last"])["u"] == position["u"]
-    post(one, "/send/u", b"second")
-    assert events.next_message().data == "second"
-    assert ws.recv() == "second"
-    stats = two.stats()
-    assert stats["messages"]["out"] == 4 + 3 and stats["broker"]["kind"] == "redis-cluster"
-    ws.close()
-    stream.close()
-    events.close()
-
-
-def test_a_broadcast_reaches_every_connection_on_both_servers_once(pair):
-    streams = [open_events(server.port, f"/events/b{n}") for n, server in enumerate(pair)]
-    for server in pair:
-        subscribed(server, 1)
-    post(pair[0], "/broadcast", b"everyone")
-    for events in streams:
-        assert events.next_message().data == "everyone"
-    post(pair[1], "/send/b0", b"after")
-    assert streams[0].next_message().data == "after"
-    for events in streams:
-        events.close()
-
-
 def test_a_client_of_ids_on_three_nodes_resumes_on_the_other_server_exactly(
         pair, redis_cluster):
     one, two = pair
@@ -129,37 +77,6 @@ def test_a_client_of_ids_on_three_nodes_resumes_on_the_other_server_exactly(
     post(one, f"/send/{c}", b"later")
     assert resumed.next_message().data == "later"
     resumed.close()
-
-
-def test_a_poll_resumes_on_the_other_server_from_its_since(pair):
-    one, two = pair
-    first = requests.get(f"{one.url}/poll/p?since=x-0", timeout=10)
-    assert first.status_code == 200 and first.json()["missed"] is True
-    position = first.json()["last"]
-    post(one, "/send/p", b"while away")
-    answer = requests.get(f"{two.url}/poll/p", params={"since": position}, timeout=10).json()
-    assert [m["data"] for m in answer["messages"]] == ["while away"]
-    assert not answer.get("missed")
-    again = requests.get(f"{one.url}/poll/p", params={"since": answer["last"]}, timeout=10)
-    assert again.json()["messages"] == [] and not again.json().get("missed")
-
-
-def test_history_beyond_its_bound_is_missed_on_the_other_server(redis_cluster):
-    servers = [RealServer("--redis", redis_cluster.url, "--redis-cluster",
-                          "--history", "2").start() for _ in range(2)]
-    try:
-        start = requests.get(f"{servers[0].url}/poll/h?since=x-0", timeout=10).json()["last"]
-        for n in range(4):
-            post(servers[0], "/send/h", b"%d" % n)
-        resumed = open_events(servers[1].port, "/events/h", {"Last-Event-ID": start})
-        notice = resumed.next_event()
-        while notice.event != "missed":
-            notice = resumed.next_event()
-        assert [resumed.next_message().data for _ in range(2)] == ["2", "3"]
-        resumed.close()
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def test_a_connection_keeps_its_messages_while_its_slot_moves_to_another_node(redis_cluster):

@@ -33,20 +33,17 @@ redis-py does the protocol, on gevent sockets (:mod:`comet.broker.redisconn`).
 from __future__ import annotations
 
 import logging
-import math
-import random
-import time
 from collections.abc import Callable, Sequence
 
 import gevent
-import gevent.event
 import gevent.lock
 import redis
 from redis.connection import ConnectionPool
 from redis.exceptions import RedisError
 
-from comet.broker import BrokerUnavailable, Deliver, Message, Replay, redacted
-from comet.broker.redisconn import connection_options
+from comet.broker import BrokerUnavailable, Deliver, Message, Replay
+from comet.broker.pubsublink import PING_INTERVAL, PubSubLink, Waiters
+from comet.broker.redisbase import RedisBrokerBase
 from comet.broker.redisscripts import (
     BROADCAST,
     PUBLISH,
@@ -61,56 +58,43 @@ from comet.broker.redisscripts import (
 
 log = logging.getLogger(__name__)
 
-#: Redis commands in flight at once from one process (publishes, replays)
-POOL_SIZE = 32
 #: channels per SUBSCRIBE / UNSUBSCRIBE command
 SUBSCRIBE_BATCH = 1000
 #: ids per pipeline when a reconnect replays every id's gap
 REPLAY_BATCH = 500
-#: seconds between PINGs on the pub/sub connection; twice this without a reply is a loss
-PING_INTERVAL = 5.0
-#: reconnect backoff: first wait and cap, in seconds (each wait gets +-50% jitter)
-BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
 
 Lost = Callable[[Sequence[str] | None], None]
 
 
-class _Waiter(gevent.event.Event):
-    """A login waiting for Redis to confirm the subscriptions of some ids."""
+class _Link(PubSubLink):
+    """The broker's one pub/sub connection: SUBSCRIBE in batches, replies to the broker."""
 
-    __slots__ = ("pending",)
+    def __init__(self, broker: RedisBroker, options: dict) -> None:
+        super().__init__(broker.where, options)
+        self.broker = broker
 
-    def __init__(self, ids) -> None:
-        super().__init__()
-        self.pending = set(ids)
+    def send(self, command: str, ids) -> None:
+        ids = list(ids)
+        prefix = self.broker.prefix
+        for start in range(0, len(ids), SUBSCRIBE_BATCH):
+            channels = [channel(prefix, id) for id in ids[start:start + SUBSCRIBE_BATCH]]
+            self.write((command.upper(), *channels))
+
+    def on_reply(self, reply) -> None:
+        self.broker._on_reply(reply)
+
+    def recover(self) -> None:
+        self.broker._reconnect()
 
 
-class RedisBroker:
+class RedisBroker(RedisBrokerBase):
     """The :class:`~comet.broker.Broker` over Redis: pub/sub for delivery, streams for history."""
 
-    spans_processes = True
     vector = False
 
-    def __init__(self, url: str, *, history: int = 100, history_ttl: float = 300.0,
-                 prefix: str = "comet", timeout: float = 5.0, wait: float = 0.0) -> None:
-        self.url = url
-        self.where = redacted(url)
-        self.prefix = prefix
-        self.history = history
-        self.ttl = max(1, math.ceil(history_ttl))
-        self.timeout = timeout
-        #: seconds start() keeps trying while Redis cannot be reached (0: fail at once)
-        self.wait = wait
-        try:
-            options = connection_options(url, socket_timeout=timeout,
-                                         socket_connect_timeout=timeout)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise BrokerUnavailable(f"cannot use the Redis URL {self.where}: {exc}") from None
-        #: the URL's max_connections, else ours: Redis commands in flight at once
-        pool_size = int(options.pop("max_connections", POOL_SIZE))
-        # RESP2 on the pub/sub connection: messages are plain replies there, read in
-        # order with the subscription confirmations (RESP3 would make them pushes).
-        self._pubsub_options = {**options, "socket_timeout": 2 * PING_INTERVAL, "protocol": 2}
+    def __init__(self, url: str, **settings) -> None:
+        super().__init__(url, **settings)
+        pool_size, options = self.pool_size, self.options
         self._client = redis.Redis(connection_pool=ConnectionPool(
             max_connections=pool_size, **options))
         #: greenlets beyond the pool wait here, cooperatively, for a connection
@@ -118,31 +102,20 @@ class RedisBroker:
         self._publish = self._client.register_script(PUBLISH)
         self._replay = self._client.register_script(REPLAY)
         self._setup = self._client.register_script(SETUP)
-        self._pos = position_key(prefix)
-        self._broadcast_stream = stream_key(prefix, BROADCAST)
-        self._broadcast_channel = channel(prefix, BROADCAST).encode()
-        self._channel_head = f"{prefix}:{{".encode()
+        self._pos = position_key(self.prefix)
+        self._broadcast_stream = stream_key(self.prefix, BROADCAST)
+        self._broadcast_channel = channel(self.prefix, BROADCAST).encode()
+        self._channel_head = f"{self.prefix}:{{".encode()
         self._deliver: Deliver | None = None
         self._lost: Lost = lambda ids: None
         #: the epoch of the history this process knows; a different one means Redis lost it
         self.epoch: str | None = None
         #: the highest offset handed to deliver: where a reconnect's replay starts
         self._received = 0
-        # Subscriptions: one big set, what the hub wants; the others are small and
-        # short-lived: what is still to send, and what Redis has not confirmed yet.
-        self._wanted: set[str] = set()
-        self._to_subscribe: set[str] = set()
-        self._to_unsubscribe: set[str] = set()
-        self._unconfirmed: set[str] = set()
-        self._waiters: dict[str, list[_Waiter]] = {}
-        self._flushing = False
-        self._pubsub = None
-        self._write_lock = gevent.lock.Semaphore()
-        self._reader: gevent.Greenlet | None = None
+        #: the pub/sub connection and the ids it holds
+        self._link = _Link(self, self.pubsub_options)
+        self._waiters = Waiters()
         self._pinger: gevent.Greenlet | None = None
-        self._closed = False
-        #: True while the pub/sub connection is subscribed and read
-        self.up = False
         self.stats = {"reconnects": 0, "resubscribed_ids": 0, "gap_messages": 0,
                       "gap_lost_ids": 0, "epoch_changes": 0, "publish_failures": 0}
 
@@ -153,63 +126,40 @@ class RedisBroker:
         self._deliver = deliver
         if lost is not None:
             self._lost = lost
-        deadline = time.monotonic() + self.wait
-        while True:
-            try:
-                epoch, seq = self._record_bounds()
-                self.epoch, self._received = epoch.decode(), int(seq)
-                self._connect_pubsub()
-                break
-            except (RedisError, OSError) as exc:
-                if time.monotonic() >= deadline:
-                    raise BrokerUnavailable(f"cannot reach Redis at {self.where}: {exc} "
-                                            "(--redis-wait SECONDS keeps trying at start)"
-                                            ) from None
-                log.warning("waiting for Redis at %s: %s", self.where, exc)
-                gevent.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        self.up = True
+        def attempt() -> None:
+            epoch, seq = self._record_bounds()
+            self.epoch, self._received = epoch.decode(), int(seq)
+            self._connect_pubsub()
+
+        self.reach(attempt, "Redis")
         log.info("Redis broker at %s (epoch %s)", self.where, self.epoch)
-        self._reader = gevent.spawn(self._read_forever)
+        self._link.start_reading()
         self._pinger = gevent.spawn(self._ping_forever)
+
+    @property
+    def up(self) -> bool:
+        """True while the pub/sub connection is subscribed and read."""
+        return self._link.up
 
     def subscribe(self, ids: Sequence[str]) -> None:
         """Deliver ``ids``' messages here from now on; returns once Redis confirmed it."""
+        link = self._link
         for id in ids:
-            if id in self._wanted:
-                continue
-            self._wanted.add(id)
-            if id in self._to_unsubscribe:
-                self._to_unsubscribe.discard(id)  # never sent: Redis still has it
-            else:
-                self._to_subscribe.add(id)
-        waiting = [id for id in ids if id in self._to_subscribe or id in self._unconfirmed]
+            link.want(id)
+        waiting = [id for id in ids if link.pending(id)]
         if not waiting:
             return
-        if not self.up:
+        if not link.up:
             raise BrokerUnavailable(f"Redis at {self.where} is unreachable")
-        waiter = _Waiter(waiting)
-        for id in waiting:
-            self._waiters.setdefault(id, []).append(waiter)
-        self._schedule_flush()
-        if not waiter.wait(self.timeout):
-            for id in waiter.pending:
-                held = self._waiters.get(id)
-                if held and waiter in held:
-                    held.remove(waiter)
+        link.schedule_flush()
+        if not self._waiters.wait(waiting, self.timeout):
             raise BrokerUnavailable(f"Redis at {self.where} did not confirm a subscription "
                                     f"within {self.timeout:g} s")
 
     def unsubscribe(self, ids: Sequence[str]) -> None:
         for id in ids:
-            if id not in self._wanted:
-                continue
-            self._wanted.discard(id)
-            if id in self._to_subscribe:
-                self._to_subscribe.discard(id)  # never sent
-            else:
-                self._to_unsubscribe.add(id)
-        if self._to_unsubscribe:
-            self._schedule_flush()
+            self._link.unwant(id)
+        self._link.schedule_flush()
 
     def publish(self, id: str, data: bytes) -> tuple[Message, None]:
         return self._run_publish([(id, data)])[0]
@@ -240,13 +190,9 @@ class RedisBroker:
 
     def close(self) -> None:
         """Stop reading and pinging; never blocks (it may run in the event loop's callback)."""
-        self._closed = True
-        self.up = False
-        for greenlet in (self._pinger, self._reader):
-            if greenlet is not None:
-                greenlet.kill(block=False)  # the reader lets go of its connection as it ends
-        if self._reader is None:
-            self._drop_pubsub()
+        if self._pinger is not None:
+            self._pinger.kill(block=False)
+        self._link.close()
         # In a greenlet: the pool takes a lock, which must never be waited for in the
         # event loop's own callback (gunicorn's stop signal runs the shutdown there).
         gevent.spawn(self._client.connection_pool.disconnect)
@@ -259,7 +205,7 @@ class RedisBroker:
 
     def subscribed(self) -> int:
         """Ids whose subscription Redis has confirmed (and not been asked to undo)."""
-        return len(self._wanted) - len(self._to_subscribe) - len(self._unconfirmed)
+        return self._link.confirmed_count()
 
     # -- publishing -----------------------------------------------------------------
 
@@ -288,48 +234,11 @@ class RedisBroker:
 
     # -- subscriptions ----------------------------------------------------------------
 
-    def _schedule_flush(self) -> None:
-        if not self._flushing:
-            self._flushing = True
-            gevent.spawn(self._flush)
-
-    def _flush(self) -> None:
-        """Send what logins and logouts asked for since the last flush, in batches."""
-        try:
-            while self._to_subscribe or self._to_unsubscribe:
-                subscribe, self._to_subscribe = self._to_subscribe, set()
-                unsubscribe, self._to_unsubscribe = self._to_unsubscribe, set()
-                if self._pubsub is None:
-                    continue  # down: the reconnect subscribes whatever is wanted then
-                self._unconfirmed |= subscribe
-                try:
-                    self._send("SUBSCRIBE", subscribe)
-                    self._send("UNSUBSCRIBE", unsubscribe)
-                except (RedisError, OSError) as exc:
-                    log.warning("subscribing at %s failed: %s", self.where, exc)
-                    return  # the reader sees the loss too and resubscribes all
-        finally:
-            self._flushing = False
-
-    def _send(self, command: str, ids) -> None:
-        ids = list(ids)
-        for start in range(0, len(ids), SUBSCRIBE_BATCH):
-            channels = [channel(self.prefix, id) for id in ids[start:start + SUBSCRIBE_BATCH]]
-            with self._write_lock:
-                if self._pubsub is None:
-                    raise redis.ConnectionError("pub/sub connection lost")
-                self._pubsub.send_command(command, *channels, check_health=False)
-
     def _confirmed(self, kind: bytes, chan: bytes) -> None:
         id = self._id_of(chan)
-        if id is None:
-            return
-        if kind == b"subscribe":
-            self._unconfirmed.discard(id)
-            for waiter in self._waiters.pop(id, ()):
-                waiter.pending.discard(id)
-                if not waiter.pending:
-                    waiter.set()
+        if id is not None and kind == b"subscribe":
+            self._link.unconfirmed.discard(id)
+            self._waiters.confirmed(id)
 
     def _id_of(self, chan: bytes) -> str | None:
         if chan == self._broadcast_channel or not chan.startswith(self._channel_head):
@@ -340,55 +249,13 @@ class RedisBroker:
 
     def _connect_pubsub(self) -> None:
         """A new pub/sub connection subscribed to broadcasts (confirmed)."""
-        conn = self._pubsub_options["connection_class"](
-            **{k: v for k, v in self._pubsub_options.items() if k != "connection_class"})
-        conn.connect()
+        conn = self._link.open()
         conn.send_command("SUBSCRIBE", self._broadcast_channel, check_health=False)
         reply = conn.read_response()
         if reply[0] != b"subscribe":
             conn.disconnect()
             raise redis.ConnectionError(f"unexpected answer to SUBSCRIBE: {reply[0]!r}")
-        self._pubsub = conn
-
-    def _drop_pubsub(self) -> None:
-        conn, self._pubsub = self._pubsub, None
-        if conn is not None:
-            conn.disconnect()
-
-    def _read_forever(self) -> None:
-        """Read the pub/sub connection; when it breaks, reconnect and catch up, forever."""
-        try:
-            self._read_and_reconnect()
-        finally:
-            self._drop_pubsub()
-
-    def _read_and_reconnect(self) -> None:
-        delay = BACKOFF_FIRST
-        while not self._closed:
-            try:
-                self._read_until_broken()
-            except (RedisError, OSError, ValueError) as exc:  # ValueError: closed under it
-                if self._closed:
-                    return
-                if self.up:
-                    log.warning("lost Redis at %s: %s; held connections stay, publishing "
-                                "answers 503 until it is back", self.where, exc)
-                self.up = False
-                self._drop_pubsub()
-            while not self._closed and not self.up:
-                gevent.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(BACKOFF_CAP, delay * 2)
-                try:
-                    self._reconnect()
-                    delay = BACKOFF_FIRST
-                except (RedisError, OSError) as exc:
-                    log.debug("Redis at %s still unreachable: %s", self.where, exc)
-                    self._drop_pubsub()
-
-    def _read_until_broken(self) -> None:
-        read = self._pubsub.read_response
-        while True:
-            self._on_reply(read())
+        self._link.conn = conn
 
     def _on_reply(self, reply, held: list | None = None) -> None:
         kind = reply[0]
@@ -413,7 +280,7 @@ class RedisBroker:
             self._deliver(None, Message(epoch, seq, data))
             return
         id = self._id_of(chan)
-        if id in self._wanted:  # not one whose UNSUBSCRIBE is still on its way
+        if id in self._link.wanted:  # not one whose UNSUBSCRIBE is still on its way
             self._deliver(id, Message(epoch, seq, data))
 
     def _epoch_changed(self, epoch: str) -> None:
@@ -427,29 +294,22 @@ class RedisBroker:
 
     def _ping_forever(self) -> None:
         """PING the pub/sub connection so that a Redis that stopped answering is noticed."""
-        while not self._closed:
+        while not self._link.closed:
             gevent.sleep(PING_INTERVAL)
-            if self.up and self._pubsub is not None:
-                try:
-                    with self._write_lock:
-                        self._pubsub.send_command("PING", check_health=False)
-                except (RedisError, OSError):
-                    pass  # the reader sees it
+            self._link.ping()
 
     def _reconnect(self) -> None:
         """Subscribe everything again, then replay what this process missed, then go on."""
+        link = self._link
         epoch, _ = self._record_bounds()
         self._connect_pubsub()
-        ids = sorted(self._wanted)
-        self._unconfirmed = set(ids)
-        self._to_subscribe.clear()
-        self._to_unsubscribe.clear()
+        ids = link.resubscribe_all()
         held: list = []
-        read = self._pubsub.read_response
+        read = link.conn.read_response
         for start in range(0, len(ids), SUBSCRIBE_BATCH):
             batch = ids[start:start + SUBSCRIBE_BATCH]
-            self._send("SUBSCRIBE", batch)
-            while any(id in self._unconfirmed for id in batch):
+            link.send("subscribe", batch)
+            while any(id in link.unconfirmed for id in batch):
                 self._on_reply(read(), held)
         self.stats["reconnects"] += 1
         self.stats["resubscribed_ids"] += len(ids)
@@ -458,12 +318,11 @@ class RedisBroker:
             self._epoch_changed(epoch)
         else:
             self._replay_gap(ids)
-        self.up = True
+        link.up = True
         log.warning("Redis at %s is back: %d ids resubscribed", self.where, len(ids))
         for reply in held:
             self._on_message(reply[1], reply[2])
-        if self._to_subscribe or self._to_unsubscribe:
-            self._schedule_flush()
+        link.schedule_flush()
 
     def _replay_gap(self, ids: list[str]) -> None:
         """Deliver, oldest first, what each id and the broadcasts got after ``_received``."""

@@ -42,7 +42,6 @@ gevent's sleep.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 import types
@@ -58,9 +57,10 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
-from comet.broker import BrokerUnavailable, Deliver, Message, Replay, redacted
+from comet.broker import BrokerUnavailable, Deliver, Message, Replay
 from comet.broker.cursor import AT, ELEMENTS, parse
-from comet.broker.redisconn import connection_options
+from comet.broker.pubsublink import BACKOFF_CAP, BACKOFF_FIRST, PING_INTERVAL, PubSubLink, Waiters
+from comet.broker.redisbase import RedisBrokerBase
 from comet.broker.redisscripts import (
     BROADCAST,
     SEQ_PER_MS,
@@ -74,12 +74,6 @@ from comet.broker.redisscripts import (
 
 log = logging.getLogger(__name__)
 
-#: Redis commands in flight at once from one process, over all nodes
-POOL_SIZE = 32
-#: seconds between PINGs on a pub/sub connection; twice this without a reply is a loss
-PING_INTERVAL = 5.0
-#: reconnect backoff: first wait and cap, in seconds (each wait gets +-50% jitter)
-BACKOFF_FIRST, BACKOFF_CAP = 0.1, 5.0
 #: how far before the last offset received from a node a catch-up replay starts: a
 #: stream's offsets may run ahead of the node's clock (more than 1024 messages in a
 #: millisecond), so one stream's last may be above another's next; connections drop
@@ -101,52 +95,24 @@ def _cooperative_sleeps() -> None:
         redis.cluster.time.sleep = gevent.sleep
 
 
-class _Waiter(gevent.event.Event):
-    """A login waiting for its ids' subscriptions to be confirmed."""
-
-    __slots__ = ("pending",)
-
-    def __init__(self, ids) -> None:
-        super().__init__()
-        self.pending = set(ids)
-
-
-class _Shard:
-    """One primary node: its pub/sub connection, read by one greenlet, and its ids."""
+class _Shard(PubSubLink):
+    """One primary node: its pub/sub connection and the ids subscribed there."""
 
     def __init__(self, broker: RedisClusterBroker, host: str, port: int) -> None:
+        super().__init__(f"{host}:{port}", {**broker.pubsub_options, "host": host, "port": port})
         self.broker = broker
-        self.host, self.port = host, port
-        self.name = f"{host}:{port}"
-        #: ids whose channels this node should deliver here
-        self.wanted: set[str] = set()
-        self.to_subscribe: set[str] = set()
-        self.to_unsubscribe: set[str] = set()
-        self.unconfirmed: set[str] = set()
-        self.conn = None
-        self.up = False
         #: the node's run id when last connected: another one means it restarted
         self.run_id: str | None = None
         #: the highest offset received from this node (where a catch-up starts)
         self.received = 0
-        self.reconnects = 0
-        self._flushing = False
-        self._write_lock = gevent.lock.Semaphore()
-        self._reader: gevent.Greenlet | None = None
-        self._closed = False
         #: set once the first connection was tried (logins wait for it, not open their own)
         self.ready = gevent.event.Event()
-
-    # -- connecting -------------------------------------------------------------------
 
     def connect(self) -> bool:
         """Open the pub/sub connection; learn the node's run id and clock (a first
         catch-up point). True if the node restarted since the last connection. Raises
         RedisError or OSError."""
-        options = dict(self.broker.pubsub_options)
-        connection_class = options.pop("connection_class")
-        conn = connection_class(**{**options, "host": self.host, "port": self.port})
-        conn.connect()
+        conn = self.open()
         try:
             conn.send_command("INFO", "server", check_health=False)
             info = conn.read_response()
@@ -160,176 +126,57 @@ class _Shard:
                        if line.startswith("run_id:")), None)
         restarted = self.run_id is not None and run_id != self.run_id
         self.run_id = run_id
-        now = (int(seconds) * 1000 + int(micros) // 1000) * SEQ_PER_MS
         if not self.received:
-            self.received = now
+            self.received = (int(seconds) * 1000 + int(micros) // 1000) * SEQ_PER_MS
         self.conn = conn
         return restarted
-
-    def start_reading(self) -> None:
-        self.up = True
-        self._reader = gevent.spawn(self._read_forever)
-
-    def drop_connection(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.disconnect()
-
-    def close(self) -> None:
-        self._closed = True
-        self.up = False
-        if self._reader is not None:
-            self._reader.kill(block=False)
-        else:
-            self.drop_connection()
-
-    # -- subscriptions ----------------------------------------------------------------
-
-    def want(self, id: str) -> None:
-        self.wanted.add(id)
-        if id in self.to_unsubscribe:
-            self.to_unsubscribe.discard(id)  # never sent: the node still has it
-        else:
-            self.to_subscribe.add(id)
-
-    def unwant(self, id: str) -> None:
-        self.wanted.discard(id)
-        if id in self.to_subscribe:
-            self.to_subscribe.discard(id)
-        else:
-            self.to_unsubscribe.add(id)
-
-    def pending(self, id: str) -> bool:
-        return id in self.to_subscribe or id in self.unconfirmed
-
-    def schedule_flush(self) -> None:
-        if not self._flushing:
-            self._flushing = True
-            gevent.spawn(self._flush)
-
-    def _flush(self) -> None:
-        try:
-            while self.to_subscribe or self.to_unsubscribe:
-                subscribe, self.to_subscribe = self.to_subscribe, set()
-                unsubscribe, self.to_unsubscribe = self.to_unsubscribe, set()
-                if self.conn is None:
-                    continue  # down: the reconnect subscribes whatever is wanted then
-                self.unconfirmed |= subscribe
-                try:
-                    self.send("SSUBSCRIBE", subscribe)
-                    self.send("SUNSUBSCRIBE", unsubscribe)
-                except (RedisError, OSError) as exc:
-                    log.warning("subscribing at %s failed: %s", self.name, exc)
-                    return  # the reader sees the loss too and resubscribes all
-        finally:
-            self._flushing = False
 
     def send(self, command: str, ids) -> None:
         """One command per slot (a sharded subscription's channels share one), all
         written at once."""
         by_slot: dict[int, list[str]] = {}
-        prefix = self.broker.prefix
         for id in ids:
-            chan = channel(prefix, id)
+            chan = channel(self.broker.prefix, id)
             by_slot.setdefault(key_slot(chan.encode()), []).append(chan)
-        if not by_slot:
-            return
-        with self._write_lock:
-            if self.conn is None:
-                raise redis.ConnectionError("pub/sub connection lost")
-            packed = self.conn.pack_commands([(command, *chans) for chans in by_slot.values()])
-            self.conn.send_packed_command(packed, check_health=False)
+        if by_slot:
+            name = "SSUBSCRIBE" if command == "subscribe" else "SUNSUBSCRIBE"
+            self.write(*((name, *chans) for chans in by_slot.values()))
 
-    # -- reading ----------------------------------------------------------------------
-
-    def _read_forever(self) -> None:
-        try:
-            self._read_and_reconnect()
-        finally:
-            self.drop_connection()
-
-    def _read_and_reconnect(self) -> None:
+    def on_reply(self, reply) -> None:
+        kind = reply[0]
         broker = self.broker
-        delay = BACKOFF_FIRST
-        while not self._closed:
-            try:
-                self._read_until_broken()
-            except (RedisError, OSError, ValueError) as exc:  # ValueError: closed under it
-                if self._closed:
-                    return
-                if self.up:
-                    log.warning("lost Redis node %s: %s; held connections stay, publishing "
-                                "to its slots answers 503 until it is back", self.name, exc)
-                self.up = False
-                self.drop_connection()
-            while not self._closed and not self.up:
-                gevent.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(BACKOFF_CAP, delay * 2)
-                try:
-                    broker.recover(self)
-                    delay = BACKOFF_FIRST
-                except (RedisError, OSError) as exc:
-                    log.debug("Redis node %s still unreachable: %s", self.name, exc)
-                    self.drop_connection()
+        if kind == b"smessage":
+            broker.on_message(self, reply[1], reply[2])
+        elif kind == b"ssubscribe":
+            broker.confirmed(self, reply[1])
+        elif kind == b"sunsubscribe":
+            id = broker.id_of(reply[1])
+            if id in self.wanted and id not in self.to_subscribe:
+                # not one we let go: the node gave up its slot (a move)
+                broker.rehome(self, [id])
 
-    def _read_until_broken(self) -> None:
-        read = self.conn.read_response
-        broker = self.broker
-        while True:
-            try:
-                reply = read()
-            except ResponseError as exc:  # MOVED (or another refusal) for an SSUBSCRIBE
-                log.info("Redis node %s refused a subscription: %s", self.name, exc)
-                broker.rehome(self, list(self.unconfirmed))
-                continue
-            kind = reply[0]
-            if kind == b"smessage":
-                broker.on_message(self, reply[1], reply[2])
-            elif kind == b"ssubscribe":
-                broker.confirmed(self, reply[1])
-            elif kind == b"sunsubscribe":
-                id = broker.id_of(reply[1])
-                if id in self.wanted and id not in self.to_subscribe:
-                    # not one we let go: the node gave up its slot (a move)
-                    broker.rehome(self, [id])
+    def lost_reply(self, exc: Exception) -> bool:
+        """MOVED (or another refusal) for an SSUBSCRIBE: its ids go where they are now."""
+        log.info("Redis node %s refused a subscription: %s", self.name, exc)
+        self.broker.rehome(self, list(self.unconfirmed))
+        return True
 
-    def ping(self) -> None:
-        if self.up and self.conn is not None:
-            try:
-                with self._write_lock:
-                    self.conn.send_command("PING", check_health=False)
-            except (RedisError, OSError):
-                pass  # the reader sees it
+    def recover(self) -> None:
+        self.broker.recover(self)
 
 
-class RedisClusterBroker:
+class RedisClusterBroker(RedisBrokerBase):
     """The :class:`~comet.broker.Broker` over a Redis Cluster: sharded pub/sub, per id
     streams, positions per stream."""
 
-    spans_processes = True
     vector = True
 
-    def __init__(self, url: str, *, history: int = 100, history_ttl: float = 300.0,
-                 prefix: str = "comet", timeout: float = 5.0, wait: float = 0.0) -> None:
-        self.url = url
-        self.where = redacted(url)
-        self.prefix = prefix
-        self.history = history
-        self.ttl = max(1, math.ceil(history_ttl))
-        self.timeout = timeout
-        self.wait = wait
-        try:
-            options = connection_options(url, socket_timeout=timeout,
-                                         socket_connect_timeout=timeout)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise BrokerUnavailable(f"cannot use the Redis URL {self.where}: {exc}") from None
-        if "path" in options:
+    def __init__(self, url: str, **settings) -> None:
+        super().__init__(url, **settings)
+        if "path" in self.options:
             raise BrokerUnavailable(f"a Redis Cluster is reached over TCP, not {self.where}")
-        self.pool_size = int(options.pop("max_connections", POOL_SIZE))
-        options.pop("db", None)  # a cluster has db 0 only
-        self.options = options
-        #: RESP2 on pub/sub connections: messages are plain replies, in order
-        self.pubsub_options = {**options, "socket_timeout": 2 * PING_INTERVAL, "protocol": 2}
+        self.options.pop("db", None)  # a cluster has db 0 only
+        self.pubsub_options.pop("db", None)
         self._client: redis.RedisCluster | None = None
         self._slots = gevent.lock.BoundedSemaphore(self.pool_size)
         self._deliver: Deliver | None = None
@@ -337,8 +184,8 @@ class RedisClusterBroker:
         self._shards: dict[str, _Shard] = {}
         #: the shard each wanted id is subscribed on
         self._home: dict[str, _Shard] = {}
-        self._waiters: dict[str, list[_Waiter]] = {}
-        self._channel_head = f"{prefix}:{{".encode()
+        self._waiters = Waiters()
+        self._channel_head = f"{self.prefix}:{{".encode()
         self._pinger: gevent.Greenlet | None = None
         self._closed = False
         self.stats = {"moved_ids": 0, "resubscribed_ids": 0, "gap_messages": 0,
@@ -358,29 +205,24 @@ class RedisClusterBroker:
         self._deliver = deliver
         if lost is not None:
             self._lost = lost
-        deadline = time.monotonic() + self.wait
-        while True:
+        def attempt() -> None:
+            # retry: none of its own on a lost node (the caller answers 503 at once);
+            # MOVED and ASK are followed all the same
+            self._client = redis.RedisCluster.from_url(
+                self.url, connection_class=self.options["connection_class"],
+                max_connections=self.pool_size, retry=Retry(NoBackoff(), 0),
+                socket_timeout=self.timeout, socket_connect_timeout=self.timeout)
             try:
-                # retry: none of its own on a lost node (the caller answers 503 at
-                # once); MOVED and ASK are followed all the same
-                self._client = redis.RedisCluster.from_url(
-                    self.url, connection_class=self.options["connection_class"],
-                    max_connections=self.pool_size, retry=Retry(NoBackoff(), 0),
-                    socket_timeout=self.timeout, socket_connect_timeout=self.timeout)
                 self._publish_script = self._client.register_script(SHARD_PUBLISH)
                 self._replay_script = self._client.register_script(SHARD_REPLAY)
                 self._client.hset(bounds_key(self.prefix),
                                   mapping={"history": self.history, "ttl": self.ttl})
                 self._want(BROADCAST)
-                break
-            except (RedisError, OSError, BrokerUnavailable) as exc:
+            except BaseException:
                 self._client = None
-                if time.monotonic() >= deadline:
-                    raise BrokerUnavailable(
-                        f"cannot reach the Redis Cluster at {self.where}: {exc} "
-                        "(--redis-wait SECONDS keeps trying at start)") from None
-                log.warning("waiting for the Redis Cluster at %s: %s", self.where, exc)
-                gevent.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                raise
+
+        self.reach(attempt, "the Redis Cluster")
         self._wait_confirmed([BROADCAST])
         self._pinger = gevent.spawn(self._ping_forever)
         log.info("Redis Cluster broker at %s (%d primaries)", self.where,
@@ -477,8 +319,8 @@ class RedisClusterBroker:
 
     def subscribed(self) -> int:
         """Ids whose subscriptions their nodes have confirmed (broadcasts not counted)."""
-        return sum(len(shard.wanted) - len(shard.to_subscribe) - len(shard.unconfirmed)
-                   for shard in self._shards.values()) - (BROADCAST in self._home)
+        confirmed = sum(shard.confirmed_count() for shard in self._shards.values())
+        return confirmed - (BROADCAST in self._home)
 
     # -- running scripts --------------------------------------------------------------
 
@@ -559,16 +401,7 @@ class RedisClusterBroker:
 
     def _wait_confirmed(self, ids: Sequence[str]) -> None:
         waiting = [id for id in ids if id in self._home and self._home[id].pending(id)]
-        if not waiting:
-            return
-        waiter = _Waiter(waiting)
-        for id in waiting:
-            self._waiters.setdefault(id, []).append(waiter)
-        if not waiter.wait(self.timeout):
-            for id in waiter.pending:
-                held = self._waiters.get(id)
-                if held and waiter in held:
-                    held.remove(waiter)
+        if waiting and not self._waiters.wait(waiting, self.timeout):
             raise BrokerUnavailable(f"the Redis Cluster at {self.where} did not confirm a "
                                     f"subscription within {self.timeout:g} s")
 
@@ -577,10 +410,7 @@ class RedisClusterBroker:
         if id is None:
             return
         shard.unconfirmed.discard(id)
-        for waiter in self._waiters.pop(id, ()):
-            waiter.pending.discard(id)
-            if not waiter.pending:
-                waiter.set()
+        self._waiters.confirmed(id)
 
     def id_of(self, chan: bytes) -> str | None:
         if not chan.startswith(self._channel_head):
@@ -650,15 +480,13 @@ class RedisClusterBroker:
             ids = [id for id in ids if id not in set(elsewhere)]
         if not ids:  # nothing left on this node: the shard ends (this is its reader)
             shard.wanted.clear()
-            shard._closed = True
+            shard.closed = True
             self._shards.pop(shard.name, None)
             return
         received = shard.received
         restarted = shard.connect()
-        shard.unconfirmed = set(ids)
-        shard.to_subscribe.clear()
-        shard.to_unsubscribe.clear()
-        shard.send("SSUBSCRIBE", ids)
+        ids = shard.resubscribe_all()
+        shard.send("subscribe", ids)
         shard.reconnects += 1
         self.stats["resubscribed_ids"] += len(ids)
         shard.up = True
@@ -707,6 +535,7 @@ class RedisClusterBroker:
             self._lost(None if BROADCAST in lost else lost)
 
     def _ping_forever(self) -> None:
+        """PING every shard's connection so that a node that stopped answering is noticed."""
         while not self._closed:
             gevent.sleep(PING_INTERVAL)
             for shard in list(self._shards.values()):

@@ -1,0 +1,73 @@
+"""What the two Redis brokers share before they differ: their settings and connection options.
+
+:class:`~comet.broker.redis.RedisBroker` (one Redis) and
+:class:`~comet.broker.rediscluster.RedisClusterBroker` are built from the same
+URL and bounds; the options for their command connections and for their
+pub/sub connections (RESP2, so that messages are plain replies read in order
+with the subscription confirmations; RESP3 would make them pushes; a read
+timeout of two PING intervals) are made here once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import gevent
+from redis.exceptions import RedisError
+
+from comet.broker import BrokerUnavailable, redacted
+from comet.broker.pubsublink import PING_INTERVAL
+from comet.broker.redisconn import connection_options
+
+log = logging.getLogger(__name__)
+
+#: Redis commands in flight at once from one process, unless the URL's max_connections says
+POOL_SIZE = 32
+
+
+class RedisBrokerBase:
+    """The settings and connection options of a broker over Redis."""
+
+    spans_processes = True
+
+    def __init__(self, url: str, *, history: int = 100, history_ttl: float = 300.0,
+                 prefix: str = "comet", timeout: float = 5.0, wait: float = 0.0) -> None:
+        self.url = url
+        #: the URL fit for a log line (no password)
+        self.where = redacted(url)
+        self.prefix = prefix
+        self.history = history
+        self.ttl = max(1, math.ceil(history_ttl))
+        self.timeout = timeout
+        #: seconds start() keeps trying while Redis cannot be reached (0: fail at once)
+        self.wait = wait
+        try:
+            options = connection_options(url, socket_timeout=timeout,
+                                         socket_connect_timeout=timeout)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BrokerUnavailable(f"cannot use the Redis URL {self.where}: {exc}") from None
+        #: Redis commands in flight at once
+        self.pool_size = int(options.pop("max_connections", POOL_SIZE))
+        #: redis-py keywords for command connections (with our gevent connection class)
+        self.options = options
+        #: the same for pub/sub connections
+        self.pubsub_options = {**options, "socket_timeout": 2 * PING_INTERVAL, "protocol": 2}
+
+    def reach(self, attempt: Callable[[], None], what: str) -> None:
+        """``attempt()`` until it works, for ``--redis-wait`` seconds at most (none: once);
+        then :class:`BrokerUnavailable`, which says why and how to wait."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                attempt()
+                return
+            except (RedisError, OSError, BrokerUnavailable) as exc:
+                if time.monotonic() >= deadline:
+                    raise BrokerUnavailable(f"cannot reach {what} at {self.where}: {exc} "
+                                            "(--redis-wait SECONDS keeps trying at start)"
+                                            ) from None
+                log.warning("waiting for %s at %s: %s", what, self.where, exc)
+                gevent.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
