@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 
 from comet import ends, wire, wsreader
-from comet.broker.cursor import Positioned
 from comet.ends import End
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ class Life:
             return message
         if not seen.advance(message):
             return None
-        return Positioned(seen.text(), message) if self.framing.shows_id else message
+        return seen.positioned(message) if self.framing.shows_id else message
 
     def position(self, fallback: str | None) -> str:
         """Where a client that got all this connection wrote goes on from: ``fallback``

@@ -35,7 +35,7 @@ def module(name: str) -> Path:
 IO = ("socket", "gevent", "http", "geventwebsocket", "wsgiref", "select")
 
 
-@pytest.mark.parametrize("name", ["router", "broker/__init__", "broker/memory"])
+@pytest.mark.parametrize("name", ["router", "broker/__init__", "broker/memory", "broker/cursor"])
 def test_router_and_broker_know_no_http_no_socket_no_greenlet(name):
     found = imports_of(module(name))
     assert not {n for n in found if n.split(".")[0] in IO}, found
@@ -45,7 +45,7 @@ def test_the_router_imports_nothing_of_comet():
     assert ours(module("router")) == set()
 
 
-@pytest.mark.parametrize("name", ["broker/__init__", "broker/memory"])
+@pytest.mark.parametrize("name", ["broker/__init__", "broker/memory", "broker/cursor"])
 def test_the_broker_knows_no_transport_and_no_connection(name):
     assert {n for n in ours(module(name)) if not n.startswith("comet.broker")} == set()
 

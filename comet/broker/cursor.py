@@ -70,6 +70,10 @@ class Cursor:
         self.at[message.stream] = (message.epoch, message.seq)
         return True
 
+    def positioned(self, message) -> Positioned:
+        """``message`` as this connection sends it: with its position as the id."""
+        return Positioned(self.text(), message)
+
     def before(self, stream: str, epoch: str, seq: int) -> None:
         """Move the element back to just before ``seq``: that message and the ones after
         it are still to come (a login's held messages published while it began)."""
