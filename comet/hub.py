@@ -158,7 +158,7 @@ class Hub:
         self.settings = settings
         self.router = Router()
         self.broker = broker if broker is not None else broker_for(settings)
-        self.broker.start(self.deliver, self.lose)
+        self.broker.start(self.deliver, self.lose, self.router.held)
         self.counters = Counters()
         #: ticks, heartbeats and poll timeouts of sleeping connections
         self.wheel = TimerWheel()
@@ -205,10 +205,9 @@ class Hub:
         # round trip during which messages arrive, so every login waits as a resume does.
         waits = resume or vector
         stand_in = _Opening(self.settings.queue_limit) if waits else conn
-        for id in ids:
-            self.router.login(id, stand_in)
+        new = [id for id in ids if self.router.login(id, stand_in)]
         try:
-            self.broker.subscribe(ids)
+            self.broker.subscribe(ids, new)
             replay = self.broker.replay(ids, last if resume else None) if waits else None
         except BrokerUnavailable as exc:
             log.warning("%r cannot be served: %s", conn, exc)

@@ -103,6 +103,10 @@ class Router:
         """Rebuild the id table at its present size: a dict never shrinks as keys leave."""
         self._by_id = dict(self._by_id)
 
+    def held(self):
+        """The ids with at least one connection here (a live view, not a copy)."""
+        return self._by_id.keys()
+
     @property
     def ids(self) -> int:
         """How many distinct ids have at least one connection."""

@@ -15,6 +15,8 @@ positions either way, and orders are compared per stream there.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from comet.broker import Message, parse_position
@@ -80,17 +82,41 @@ def in_order(broker, messages) -> list:
     return sorted((m.stream, m.seq, m.id) for m in messages)
 
 
+class Held:
+    """The hub's router as a broker sees it: how many connections hold each id here."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self) -> list[str]:
+        return [id for id, count in self.counts.items() if count > 0]
+
+
+def subscribe(broker, ids: list[str]) -> None:
+    """A login as ``ids``, as the hub does it: the router first, then the broker."""
+    new = [id for id in ids if broker.held.counts[id] == 0]
+    broker.held.counts.update(ids)
+    broker.subscribe(ids, new)
+
+
+def unsubscribe(broker, ids: list[str]) -> None:
+    """That login's logout: the ids left with no connection are unsubscribed."""
+    broker.held.counts.subtract(ids)
+    broker.unsubscribe([id for id in ids if broker.held.counts[id] == 0])
+
+
 @pytest.fixture(params=sorted(BROKERS))
 def broker(request):
     broker = BROKERS[request.param](request)
     broker.delivered = Delivered()
-    broker.start(broker.delivered)
+    broker.held = Held()
+    broker.start(broker.delivered, None, broker.held)
     yield broker
     broker.close()
 
 
 def test_a_publish_to_a_subscribed_id_is_delivered_here_with_its_id(broker):
-    broker.subscribe(["a"])
+    subscribe(broker, ["a"])
     message, count = broker.publish("a", b"hello")
     assert broker.delivered.wait(1) == [("a", message.id)]
     assert message.data == b"hello" and broker.delivered.calls[0][1].data == b"hello"
@@ -103,7 +129,7 @@ def test_a_broadcast_is_delivered_as_none(broker):
 
 
 def test_message_ids_share_an_epoch_and_count_up(broker):
-    broker.subscribe(["a", "b"])
+    subscribe(broker, ["a", "b"])
     messages = [broker.publish(id, b"x")[0] for id in ("a", "b", "a")]
     streams = [[messages[0], messages[2]], [messages[1]]]
     if not broker.vector:  # one counter for every id
@@ -119,7 +145,7 @@ def test_message_ids_share_an_epoch_and_count_up(broker):
 
 
 def test_replay_gives_the_ids_and_the_broadcasts_after_the_last_id_oldest_first(broker):
-    broker.subscribe(["a", "b"])
+    subscribe(broker, ["a", "b"])
     start = start_of(broker, ["a"])
     a1 = broker.publish("a", b"a1")[0]
     broker.publish("b", b"b1")
@@ -139,7 +165,7 @@ def test_a_publish_that_reaches_nobody_still_lands_in_history(broker):
 
 
 def test_an_id_of_another_epoch_is_missed_and_what_is_kept_follows(broker):
-    broker.subscribe(["a"])
+    subscribe(broker, ["a"])
     kept = broker.publish("a", b"kept")[0]
     replay = broker.replay(["a"], "not-an-epoch-7")
     assert replay.missed is True
@@ -152,7 +178,7 @@ def test_an_id_of_another_epoch_is_missed_and_what_is_kept_follows(broker):
 
 
 def test_history_beyond_its_bound_is_reported_missed_never_silently_gone(broker):
-    broker.subscribe(["a"])
+    subscribe(broker, ["a"])
     start = start_of(broker, ["a"])
     sent = [broker.publish("a", b"%d" % n)[0] for n in range(5)]  # the bound is 3
     replay = broker.replay(["a"], start)
@@ -163,15 +189,15 @@ def test_history_beyond_its_bound_is_reported_missed_never_silently_gone(broker)
 
 
 def test_unsubscribe_and_subscribe_again_keep_delivery_and_history_whole(broker):
-    broker.subscribe(["a"])
-    broker.unsubscribe(["a"])
-    broker.subscribe(["a"])
+    subscribe(broker, ["a"])
+    unsubscribe(broker, ["a"])
+    subscribe(broker, ["a"])
     message, _ = broker.publish("a", b"again")
     assert broker.delivered.wait(1) == [("a", message.id)]
 
 
 def test_a_batch_is_published_in_order_with_ids_that_count_up(broker):
-    broker.subscribe(["a", "b"])
+    subscribe(broker, ["a", "b"])
     published = broker.publish_many([("a", b"1"), ("b", b"2"), ("a", b"3")])
     ids = [message.id for message, _ in published]
     assert [message.data for message, _ in published] == [b"1", b"2", b"3"]
@@ -187,7 +213,7 @@ def test_a_batch_is_published_in_order_with_ids_that_count_up(broker):
 def test_a_publish_to_an_id_not_subscribed_here_is_not_delivered_here(broker):
     if not broker.spans_processes:
         pytest.skip("in one process every id is delivered here (the router finds nobody)")
-    broker.subscribe(["a"])
+    subscribe(broker, ["a"])
     broker.publish("elsewhere", b"not here")
     marker, _ = broker.publish("a", b"here")
     assert broker.delivered.wait(1) == [("a", marker.id)]
@@ -196,8 +222,8 @@ def test_a_publish_to_an_id_not_subscribed_here_is_not_delivered_here(broker):
 def test_unsubscribed_ids_are_no_longer_delivered_here(broker):
     if not broker.spans_processes:
         pytest.skip("in one process every id is delivered here (the router finds nobody)")
-    broker.subscribe(["a", "b"])
-    broker.unsubscribe(["a"])
+    subscribe(broker, ["a", "b"])
+    unsubscribe(broker, ["a"])
     broker.publish("a", b"gone")
     marker, _ = broker.publish("b", b"still")
     assert broker.delivered.wait(1) == [("b", marker.id)]

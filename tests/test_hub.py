@@ -29,10 +29,12 @@ class RecordingBroker(MemoryBroker):
     def __init__(self) -> None:
         super().__init__()
         self.subscribed: list[list[str]] = []
+        self.new: list[list[str]] = []
         self.unsubscribed: list[list[str]] = []
 
-    def subscribe(self, ids):
+    def subscribe(self, ids, new):
         self.subscribed.append(list(ids))
+        self.new.append(list(new))
 
     def unsubscribe(self, ids):
         self.unsubscribed.append(list(ids))
@@ -68,14 +70,17 @@ def test_admit_refuses_at_capacity_and_counts_only_the_refusal():
 
 def test_the_broker_hears_of_every_login_and_of_an_id_at_its_last_logout():
     """subscribe() is told every login's ids (so that a second connection of an id
-    whose subscription is still on its way also waits for it); unsubscribe() only
-    the ids left with no connection."""
+    whose subscription is still on its way also waits for it) and which are new
+    here (the router's word: the broker keeps no copy); unsubscribe() only the ids
+    left with no connection."""
     hub = make_hub()
     framing = framing_for("test", hub.settings)
     one, two = PlainConnection(hub, framing), PlainConnection(hub, framing)
     hub.open(one, ["a", "b"])
     hub.open(two, ["b", "c"])
     assert hub.broker.subscribed == [["a", "b"], ["b", "c"]]
+    assert hub.broker.new == [["a", "b"], ["c"]]
+    assert sorted(hub.router.held()) == ["a", "b", "c"]
     hub.close(one)
     hub.close(two)
     assert hub.broker.unsubscribed == [["a"], ["b", "c"]]

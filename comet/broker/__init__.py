@@ -17,8 +17,10 @@ What a broker owns, and what it does not:
 * **History and replay.** :meth:`Broker.replay` gives the messages for some
   ids (and every broadcast) after a client's last id, oldest first.
 * **Which process gets what.** The hub :meth:`~Broker.subscribe`\\ s the ids
-  of every login (the broker returns once they are delivered here), and
-  :meth:`~Broker.unsubscribe`\\ s an id when its last connection leaves; the broker then
+  of every login, saying which are new here (the broker returns once they are
+  delivered here), and :meth:`~Broker.unsubscribe`\\ s an id when its last
+  connection leaves; which ids this process holds is the hub's router's to say
+  (``held``), never a second copy in the broker; the broker then
   calls the hub's ``deliver(id, message)`` for every message published to a
   subscribed id anywhere (``deliver(None, message)`` for a broadcast).
 * **Failure.** A broker that cannot do its part raises
@@ -30,7 +32,7 @@ What a broker owns, and what it does not:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -83,6 +85,11 @@ Deliver = Callable[[str | None, Message], int]
 Lost = Callable[[Sequence[str] | None], None]
 
 
+#: the hub's side: the ids this process has connections for now (its router's); a
+#: broker that must subscribe everything again (after losing Redis) asks it
+Held = Callable[[], Collection[str]]
+
+
 class BrokerUnavailable(Exception):
     """The broker cannot take a publish, a subscription or a replay now (a 503, never a 200)."""
 
@@ -103,12 +110,15 @@ class Broker(Protocol):
     #: False while the broker cannot publish or subscribe (``/health`` answers 503)
     up: bool
 
-    def start(self, deliver: Deliver, lost: Lost | None = None) -> None:
+    def start(self, deliver: Deliver, lost: Lost | None = None,
+              held: Held | None = None) -> None:
         """Begin delivering to ``deliver``; called once, before any other method."""
 
-    def subscribe(self, ids: Sequence[str]) -> None:
-        """A connection here logged in as ``ids`` (some perhaps held already): deliver
-        their messages here; returns once that holds, or raises BrokerUnavailable."""
+    def subscribe(self, ids: Sequence[str], new: Sequence[str]) -> None:
+        """A connection here logged in as ``ids``; ``new`` are those this process had no
+        connection for until now. Deliver their messages here; returns once all of
+        ``ids`` are (another login's may still be on its way), or raises
+        BrokerUnavailable."""
 
     def unsubscribe(self, ids: Sequence[str]) -> None:
         """This process holds no connection for ``ids`` any more."""

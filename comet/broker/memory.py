@@ -45,10 +45,10 @@ class MemoryBroker:
         self.history = history if history is not None else MemoryHistory()
         self._deliver: Deliver | None = None
 
-    def start(self, deliver: Deliver, lost: Lost | None = None) -> None:
+    def start(self, deliver: Deliver, lost: Lost | None = None, held=None) -> None:
         self._deliver = deliver  # history is never lost behind a connection's back here
 
-    def subscribe(self, ids: Sequence[str]) -> None:
+    def subscribe(self, ids: Sequence[str], new: Sequence[str]) -> None:
         """Nothing to do: in one process every id is delivered here."""
 
     def unsubscribe(self, ids: Sequence[str]) -> None:

@@ -4,14 +4,16 @@ Shared by the Redis broker (:mod:`comet.broker.redis`: one link) and the Redis
 Cluster broker (:mod:`comet.broker.rediscluster`: one link per primary node).
 A :class:`PubSubLink` keeps:
 
-* **what it should hold**: ``wanted`` (one big set: the ids this process has
-  connections for there) and three small, short-lived ones: what is still to
-  send (``to_subscribe``, ``to_unsubscribe``) and what the node has not
-  confirmed yet (``unconfirmed``). The ids logins and logouts bring within one
-  turn of the event loop go out together (:meth:`PubSubLink.flush`);
+* **what it should hold**: the ids this process has connections for there,
+  which only the hub's router lists (``held()``: a second set of a million
+  ids would cost ~50 bytes each), so the link counts them and keeps three
+  small, short-lived sets: what is still to send (``to_subscribe``,
+  ``to_unsubscribe``) and what the node has not confirmed yet
+  (``unconfirmed``). The ids logins and logouts bring within one turn of the
+  event loop go out together (:meth:`PubSubLink.flush`);
 * **one connection, one reader**: a greenlet reads it; when it breaks, the
   link is down and reconnects with backoff (0.1 s doubling to 5 s, +-50 %
-  jitter) through the broker's ``recover``, which subscribes ``wanted`` again
+  jitter) through the broker's ``recover``, which subscribes ``held()`` again
   and catches up; a PING every few seconds (:meth:`PubSubLink.ping`) notices
   a node that stopped answering (the socket times out after two).
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Iterable
 
 import gevent
 import gevent.event
@@ -79,12 +82,15 @@ class Waiters:
 class PubSubLink:
     """A pub/sub connection, its reader, and the ids it should hold (module docstring)."""
 
-    def __init__(self, name: str, options: dict) -> None:
+    def __init__(self, name: str, options: dict, held: Callable[[], Iterable[str]]) -> None:
         #: where it goes, for log lines (never a password)
         self.name = name
         #: redis-py connection keywords, with ``connection_class``
         self.options = options
-        self.wanted: set[str] = set()
+        #: the ids this link should hold (what a reconnect subscribes again)
+        self.held = held
+        #: how many: each :meth:`want` counts one up, each :meth:`unwant` one down
+        self.count = 0
         self.to_subscribe: set[str] = set()
         self.to_unsubscribe: set[str] = set()
         self.unconfirmed: set[str] = set()
@@ -108,7 +114,7 @@ class PubSubLink:
         raise NotImplementedError
 
     def recover(self) -> None:
-        """Connect again, subscribe ``wanted`` and catch up; sets ``up``. Raises
+        """Connect again, subscribe ``held()`` and catch up; sets ``up``. Raises
         RedisError or OSError while the node cannot be reached."""
         raise NotImplementedError
 
@@ -120,19 +126,16 @@ class PubSubLink:
     # -- subscriptions ----------------------------------------------------------------
 
     def want(self, id: str) -> None:
-        """Hold ``id`` here from the next flush on (nothing if held already)."""
-        if id in self.wanted:
-            return
-        self.wanted.add(id)
+        """Hold ``id`` here from the next flush on: a new one (the router says which)."""
+        self.count += 1
         if id in self.to_unsubscribe:
             self.to_unsubscribe.discard(id)  # never sent: the node still has it
         else:
             self.to_subscribe.add(id)
 
     def unwant(self, id: str) -> None:
-        if id not in self.wanted:
-            return
-        self.wanted.discard(id)
+        """``id`` has no connection here any more."""
+        self.count -= 1
         if id in self.to_subscribe:
             self.to_subscribe.discard(id)  # never sent
         else:
@@ -143,7 +146,7 @@ class PubSubLink:
         return id in self.to_subscribe or id in self.unconfirmed
 
     def confirmed_count(self) -> int:
-        return len(self.wanted) - len(self.to_subscribe) - len(self.unconfirmed)
+        return self.count - len(self.to_subscribe) - len(self.unconfirmed)
 
     def schedule_flush(self) -> None:
         if not self._flushing and (self.to_subscribe or self.to_unsubscribe):
@@ -169,8 +172,9 @@ class PubSubLink:
             self._flushing = False
 
     def resubscribe_all(self) -> list[str]:
-        """After a reconnect: every wanted id as unconfirmed, to send again; returns them."""
-        ids = sorted(self.wanted)
+        """After a reconnect: every held id as unconfirmed, to send again; returns them."""
+        ids = sorted(self.held())
+        self.count = len(ids)
         self.unconfirmed = set(ids)
         self.to_subscribe.clear()
         self.to_unsubscribe.clear()

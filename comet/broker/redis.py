@@ -41,7 +41,7 @@ import redis
 from redis.connection import ConnectionPool
 from redis.exceptions import RedisError
 
-from comet.broker import BrokerUnavailable, Deliver, Message, Replay
+from comet.broker import BrokerUnavailable, Deliver, Held, Message, Replay
 from comet.broker.pubsublink import PING_INTERVAL, PubSubLink, Waiters
 from comet.broker.redisbase import RedisBrokerBase
 from comet.broker.redisscripts import (
@@ -70,7 +70,7 @@ class _Link(PubSubLink):
     """The broker's one pub/sub connection: SUBSCRIBE in batches, replies to the broker."""
 
     def __init__(self, broker: RedisBroker, options: dict) -> None:
-        super().__init__(broker.where, options)
+        super().__init__(broker.where, options, lambda: broker.held())
         self.broker = broker
 
     def send(self, command: str, ids) -> None:
@@ -108,6 +108,8 @@ class RedisBroker(RedisBrokerBase):
         self._channel_head = f"{self.prefix}:{{".encode()
         self._deliver: Deliver | None = None
         self._lost: Lost = lambda ids: None
+        #: the ids this process holds (the hub's router says)
+        self.held: Held = tuple
         #: the epoch of the history this process knows; a different one means Redis lost it
         self.epoch: str | None = None
         #: the highest offset handed to deliver: where a reconnect's replay starts
@@ -121,11 +123,14 @@ class RedisBroker(RedisBrokerBase):
 
     # -- the Broker protocol --------------------------------------------------------
 
-    def start(self, deliver: Deliver, lost: Lost | None = None) -> None:
+    def start(self, deliver: Deliver, lost: Lost | None = None,
+              held: Held | None = None) -> None:
         """Reach Redis (or raise :class:`BrokerUnavailable`), subscribe broadcasts, read."""
         self._deliver = deliver
         if lost is not None:
             self._lost = lost
+        if held is not None:
+            self.held = held
         def attempt() -> None:
             epoch, seq = self._record_bounds()
             self.epoch, self._received = epoch.decode(), int(seq)
@@ -141,10 +146,10 @@ class RedisBroker(RedisBrokerBase):
         """True while the pub/sub connection is subscribed and read."""
         return self._link.up
 
-    def subscribe(self, ids: Sequence[str]) -> None:
+    def subscribe(self, ids: Sequence[str], new: Sequence[str]) -> None:
         """Deliver ``ids``' messages here from now on; returns once Redis confirmed it."""
         link = self._link
-        for id in ids:
+        for id in new:
             link.want(id)
         waiting = [id for id in ids if link.pending(id)]
         if not waiting:
@@ -280,7 +285,7 @@ class RedisBroker(RedisBrokerBase):
             self._deliver(None, Message(epoch, seq, data))
             return
         id = self._id_of(chan)
-        if id in self._link.wanted:  # not one whose UNSUBSCRIBE is still on its way
+        if id is not None:  # an id with no connection here any more finds none
             self._deliver(id, Message(epoch, seq, data))
 
     def _epoch_changed(self, epoch: str) -> None:

@@ -99,7 +99,8 @@ class _Shard(PubSubLink):
     """One primary node: its pub/sub connection and the ids subscribed there."""
 
     def __init__(self, broker: RedisClusterBroker, host: str, port: int) -> None:
-        super().__init__(f"{host}:{port}", {**broker.pubsub_options, "host": host, "port": port})
+        super().__init__(f"{host}:{port}", {**broker.pubsub_options, "host": host, "port": port},
+                         lambda: [id for id, shard in broker._home.items() if shard is self])
         self.broker = broker
         #: the node's run id when last connected: another one means it restarted
         self.run_id: str | None = None
@@ -151,7 +152,7 @@ class _Shard(PubSubLink):
             broker.confirmed(self, reply[1])
         elif kind == b"sunsubscribe":
             id = broker.id_of(reply[1])
-            if id in self.wanted and id not in self.to_subscribe:
+            if broker._home.get(id) is self and id not in self.to_subscribe:
                 # not one we let go: the node gave up its slot (a move)
                 broker.rehome(self, [id])
 
@@ -182,7 +183,7 @@ class RedisClusterBroker(RedisBrokerBase):
         self._deliver: Deliver | None = None
         self._lost: Lost = lambda ids: None
         self._shards: dict[str, _Shard] = {}
-        #: the shard each wanted id is subscribed on
+        #: the shard each id held here is subscribed on (the broadcasts' too)
         self._home: dict[str, _Shard] = {}
         self._waiters = Waiters()
         self._channel_head = f"{self.prefix}:{{".encode()
@@ -199,7 +200,7 @@ class RedisClusterBroker(RedisBrokerBase):
         return (self._client is not None and not self._closed
                 and all(shard.up for shard in self._shards.values() if shard.ready.is_set()))
 
-    def start(self, deliver: Deliver, lost: Lost | None = None) -> None:
+    def start(self, deliver: Deliver, lost: Lost | None = None, held=None) -> None:
         """Reach the cluster (or raise :class:`BrokerUnavailable`), subscribe broadcasts."""
         _cooperative_sleeps()
         self._deliver = deliver
@@ -228,8 +229,9 @@ class RedisClusterBroker(RedisBrokerBase):
         log.info("Redis Cluster broker at %s (%d primaries)", self.where,
                  len(self._client.get_primaries()))
 
-    def subscribe(self, ids: Sequence[str]) -> None:
-        """Deliver ``ids``' messages here from now on; returns once their nodes confirmed."""
+    def subscribe(self, ids: Sequence[str], new: Sequence[str]) -> None:
+        """Deliver ``ids``' messages here from now on; returns once their nodes confirmed.
+        (Which node holds each id is this broker's own map, so ``new`` is not needed.)"""
         if not self.up:
             raise BrokerUnavailable(f"the Redis Cluster at {self.where} is unreachable")
         try:
@@ -311,7 +313,7 @@ class RedisClusterBroker(RedisBrokerBase):
     def snapshot(self) -> dict:
         return {"kind": "redis-cluster", "url": self.where, "up": self.up,
                 "subscribed_ids": self.subscribed(),
-                "shards": {name: {"up": shard.up, "ids": len(shard.wanted),
+                "shards": {name: {"up": shard.up, "ids": shard.count,
                                   "reconnects": shard.reconnects}
                            for name, shard in self._shards.items()},
                 "reconnects": sum(shard.reconnects for shard in self._shards.values()),
@@ -438,7 +440,7 @@ class RedisClusterBroker(RedisBrokerBase):
                     target = self._shard_for(id)
                     if target is shard:
                         continue  # still here after all (the refusal was another)
-                    shard.wanted.discard(id)
+                    shard.count -= 1
                     shard.unconfirmed.discard(id)
                     self._home[id] = target
                     target.want(id)
@@ -472,14 +474,14 @@ class RedisClusterBroker(RedisBrokerBase):
         """``shard``'s connection is back (or its node's slots went elsewhere): subscribe
         its ids again where they are, then catch up what this process missed."""
         self._client.nodes_manager.initialize()
-        ids = [id for id in shard.wanted if self._home.get(id) is shard]
+        ids = list(shard.held())
         elsewhere = [id for id in ids if self._client.get_node_from_key(
             channel(self.prefix, id)).name != shard.name]
         if elsewhere:
             self._rehome(shard, elsewhere)
             ids = [id for id in ids if id not in set(elsewhere)]
         if not ids:  # nothing left on this node: the shard ends (this is its reader)
-            shard.wanted.clear()
+            shard.count = 0
             shard.closed = True
             self._shards.pop(shard.name, None)
             return
