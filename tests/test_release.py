@@ -1,5 +1,7 @@
 """MemoryReleaser: when a crowd of connections leaves, memory is released once, later."""
 
+import gevent
+
 from comet.release import MemoryReleaser
 from tests.realserver import wait_until
 
@@ -26,3 +28,25 @@ def test_small_crowds_do_not_trigger_a_release():
         releaser.observe(held)
     assert releaser._pending is None  # none scheduled, so none will ever run
     assert releaser.releases == 0
+
+
+def test_a_crowd_arriving_is_released_after_once_it_stops_growing():
+    held = [0]
+    compacted = []
+    releaser = MemoryReleaser(lambda: held[0], min_peak=100, delay=0.05,
+                              compact=lambda: compacted.append(held[0]))
+    for held[0] in range(1, 150):
+        releaser.observe(held[0])
+    assert releaser._pending is not None and releaser.releases == 0
+    # still arriving when it first looks: it looks again, then releases once
+    for _ in range(3):
+        held[0] += 20
+        releaser.observe(held[0])
+        gevent.sleep(0.03)
+    wait_until(lambda: releaser.releases, what="a release after the crowd")
+    assert releaser.releases == 1 and releaser.floor == held[0] == 209
+    assert compacted == []  # no table to shrink: nobody left
+    # a small rise after it is no new crowd
+    for held[0] in range(210, 260):
+        releaser.observe(held[0])
+    assert releaser._pending is None
