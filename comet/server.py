@@ -125,11 +125,21 @@ class CometHandler(WebSocketHandler):
         server, address = self.server, self.client_address
 
         def resume(raw: stdlib_socket.socket) -> None:
-            """A long-poll answered: the client's next request, in a new greenlet."""
+            """A long-poll answered: the client's next request, in a new greenlet.
+
+            Not through the server's pool: a full pool would block the greenlet that
+            answered the poll (the broker's reader, whose subscription confirmations
+            the pool's handshakes may be waiting for)."""
             if server.closed:  # stopping: no next request
                 raw.close()
                 return
-            server.do_handle(socket.socket(fileno=raw.detach()), address)
+            gevent.spawn(serve_resumed, socket.socket(fileno=raw.detach()), address)
+
+        def serve_resumed(sock: socket.socket, address) -> None:
+            try:
+                server.handle(sock, address)
+            finally:
+                sock.close()  # a no-op once a hibernating poll has taken its descriptor
 
         conn.wake(stdlib_socket.socket(fileno=sock.detach()), resume)
 
@@ -210,8 +220,13 @@ def make_server(settings: config.Settings, app: CometApp,
         listener = listen(settings.host, settings.port, backlog(settings))
     handler = type("Handler", (CometHandler,), {"read_timeout": settings.read_timeout,
                                                 "hibernate": settings.hibernate})
-    # An unbounded pool only so that stop() can wait for the handlers to finish.
-    server = pywsgi.WSGIServer(listener, app, handler_class=handler, spawn=gevent.pool.Pool(),
+    # With hibernation a request's greenlet lives only until its connection sleeps,
+    # so a bounded pool bounds the logins in flight: beyond it new connections wait
+    # in the listen backlog (gevent stops accepting while the pool is full) rather
+    # than each wait longer for the broker. In the plain life every connection keeps
+    # its greenlet: unbounded there, only so that stop() can wait for the handlers.
+    pool = gevent.pool.Pool(settings.max_handshakes if settings.hibernate else None)
+    server = pywsgi.WSGIServer(listener, app, handler_class=handler, spawn=pool,
                                log=logging.getLogger("comet.access"),
                                error_log=logging.getLogger("comet.error"))
     server.pre_start_hook = app.refuses_websocket

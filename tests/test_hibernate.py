@@ -169,3 +169,50 @@ def test_shutdown_while_streams_sleep_ends_each_once():
         assert server.proc.wait(15) == 0
     finally:
         server.stop()
+
+
+def test_a_crowd_beyond_max_handshakes_waits_its_turn_and_every_login_is_served():
+    """--max-handshakes 2: at most two requests in flight; the rest of a crowd of 40
+    waits in the listen backlog (gevent stops accepting while the pool is full) and
+    is served in turn, none refused or timed out."""
+    import concurrent.futures
+    srv = hibernating("--max-handshakes", "2")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(40) as pool:
+            crowd = list(pool.map(lambda n: open_events(srv.port, f"/events/c{n}"), range(40)))
+        srv.wait_for(lambda s: s["connections"]["total"] == 40, what="all 40 held")
+        post(srv, "/broadcast", b"to all")
+        assert {events.next_message().data for events in crowd} == {"to all"}
+        for events in crowd:
+            events.close()
+    finally:
+        srv.stop()
+
+
+def test_a_poll_answered_while_the_pool_is_full_serves_its_next_request():
+    """The next request on an answered long-poll's connection is not queued behind the
+    pool: the greenlet that answered it (here the publisher's own, which holds the
+    pool's other slot) must not wait for a slot, or it would wait for itself."""
+    srv = hibernating("--max-handshakes", "2", "--read-timeout", "30")
+    poller = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    slow = None
+    try:
+        poller.sendall(b"GET /poll/p HTTP/1.1\r\nHost: x\r\n\r\n")
+        srv.wait_for(lambda s: s["connections"].get("poll") == 1, what="the poll asleep")
+        slow = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        slow.sendall(b"GET /events/slow HTTP/1.1\r\n")  # holds a slot, unfinished
+        srv.wait_for(lambda s: True, what="stats served in the other slot")
+        post(srv, "/send/p", b"first")  # in the other slot; answers the poll
+        first = StrictResponse(poller)
+        assert json.loads(first.next_chunk())["messages"][0]["data"] == "first"
+        assert first.next_chunk() == b""
+        poller.sendall(b"GET /poll/p HTTP/1.1\r\nHost: x\r\n\r\n")  # same connection
+        srv.wait_for(lambda s: s["connections"].get("poll") == 1, what="the next poll")
+        post(srv, "/send/p", b"second")
+        second = StrictResponse(poller, first.file)
+        assert json.loads(second.next_chunk())["messages"][0]["data"] == "second"
+    finally:
+        poller.close()
+        if slow is not None:
+            slow.close()
+        srv.stop()
