@@ -117,7 +117,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("interval", positive_float, 10.0, "seconds between tick chunks on /test/"),
     Setting("max_connections", positive_int, 19000,
             "streaming connections held at most; beyond it new ones get 503"),
-    Setting("max_handshakes", positive_int, 500,
+    Setting("max_handshakes", positive_int, 100,
             "requests one process handles at once with --hibernate on (new connections "
             "wait in the listen backlog beyond it): a crowd is taken at the pace the "
             "process can log it in, never so many at once that logins time out"),

@@ -42,7 +42,7 @@ from redis.connection import ConnectionPool
 from redis.exceptions import RedisError
 
 from comet.broker import BrokerUnavailable, Deliver, Held, Message, Replay
-from comet.broker.pubsublink import PING_INTERVAL, PubSubLink, Waiters
+from comet.broker.pubsublink import PING_INTERVAL, SUBSCRIBE_WAIT, PubSubLink, Waiters
 from comet.broker.redisbase import RedisBrokerBase
 from comet.broker.redisscripts import (
     BROADCAST,
@@ -70,7 +70,7 @@ class _Link(PubSubLink):
     """The broker's one pub/sub connection: SUBSCRIBE in batches, replies to the broker."""
 
     def __init__(self, broker: RedisBroker, options: dict) -> None:
-        super().__init__(broker.where, options, lambda: broker.held())
+        super().__init__(broker.where, options, lambda: broker.held(), broker._waiters)
         self.broker = broker
 
     def send(self, command: str, ids) -> None:
@@ -114,9 +114,9 @@ class RedisBroker(RedisBrokerBase):
         self.epoch: str | None = None
         #: the highest offset handed to deliver: where a reconnect's replay starts
         self._received = 0
+        self._waiters = Waiters()
         #: the pub/sub connection and the ids it holds
         self._link = _Link(self, self.pubsub_options)
-        self._waiters = Waiters()
         self._pinger: gevent.Greenlet | None = None
         self.stats = {"reconnects": 0, "resubscribed_ids": 0, "gap_messages": 0,
                       "gap_lost_ids": 0, "epoch_changes": 0, "publish_failures": 0}
@@ -157,9 +157,10 @@ class RedisBroker(RedisBrokerBase):
         if not link.up:
             raise BrokerUnavailable(f"Redis at {self.where} is unreachable")
         link.schedule_flush()
-        if not self._waiters.wait(waiting, self.timeout):
+        if not self._waiters.wait(waiting):
             raise BrokerUnavailable(f"Redis at {self.where} did not confirm a subscription "
-                                    f"within {self.timeout:g} s")
+                                    "(lost, or not within "
+                                    f"{SUBSCRIBE_WAIT:g} s)")
 
     def unsubscribe(self, ids: Sequence[str]) -> None:
         for id in ids:

@@ -59,7 +59,14 @@ from redis.retry import Retry
 
 from comet.broker import BrokerUnavailable, Deliver, Message, Replay
 from comet.broker.cursor import AT, ELEMENTS, parse
-from comet.broker.pubsublink import BACKOFF_CAP, BACKOFF_FIRST, PING_INTERVAL, PubSubLink, Waiters
+from comet.broker.pubsublink import (
+    BACKOFF_CAP,
+    BACKOFF_FIRST,
+    PING_INTERVAL,
+    SUBSCRIBE_WAIT,
+    PubSubLink,
+    Waiters,
+)
 from comet.broker.redisbase import RedisBrokerBase
 from comet.broker.redisscripts import (
     BROADCAST,
@@ -100,7 +107,8 @@ class _Shard(PubSubLink):
 
     def __init__(self, broker: RedisClusterBroker, host: str, port: int) -> None:
         super().__init__(f"{host}:{port}", {**broker.pubsub_options, "host": host, "port": port},
-                         lambda: [id for id, shard in broker._home.items() if shard is self])
+                         lambda: [id for id, shard in broker._home.items() if shard is self],
+                         broker._waiters)
         self.broker = broker
         #: the node's run id when last connected: another one means it restarted
         self.run_id: str | None = None
@@ -403,9 +411,9 @@ class RedisClusterBroker(RedisBrokerBase):
 
     def _wait_confirmed(self, ids: Sequence[str]) -> None:
         waiting = [id for id in ids if id in self._home and self._home[id].pending(id)]
-        if waiting and not self._waiters.wait(waiting, self.timeout):
+        if waiting and not self._waiters.wait(waiting):
             raise BrokerUnavailable(f"the Redis Cluster at {self.where} did not confirm a "
-                                    f"subscription within {self.timeout:g} s")
+                                    f"subscription (lost, or not within {SUBSCRIBE_WAIT:g} s)")
 
     def confirmed(self, shard: _Shard, chan: bytes) -> None:
         id = self.id_of(chan)
