@@ -6,11 +6,17 @@ from comet.release import MemoryReleaser
 from tests.realserver import wait_until
 
 
+def recording(held: list[int], delay: float) -> tuple[MemoryReleaser, list[int]]:
+    """A releaser of ``held[0]`` connections (a crowd: 100) and the counts it compacted at."""
+    compacted: list[int] = []
+    releaser = MemoryReleaser(lambda: held[0], min_peak=100, delay=delay,
+                              compact=lambda: compacted.append(held[0]))
+    return releaser, compacted
+
+
 def test_release_runs_once_after_the_count_falls_to_a_quarter_of_its_peak():
     held = [0]
-    compacted = []
-    releaser = MemoryReleaser(lambda: held[0], min_peak=100, delay=0.01,
-                              compact=lambda: compacted.append(held[0]))
+    releaser, compacted = recording(held, 0.01)
     for held[0] in range(1, 401):
         releaser.observe(held[0])
     for held[0] in range(400, 99, -1):
@@ -32,9 +38,7 @@ def test_small_crowds_do_not_trigger_a_release():
 
 def test_a_crowd_arriving_is_released_after_once_it_stops_growing():
     held = [0]
-    compacted = []
-    releaser = MemoryReleaser(lambda: held[0], min_peak=100, delay=0.05,
-                              compact=lambda: compacted.append(held[0]))
+    releaser, compacted = recording(held, 0.05)
     for held[0] in range(1, 150):
         releaser.observe(held[0])
     assert releaser._pending is not None and releaser.releases == 0
