@@ -43,7 +43,7 @@ from redis.exceptions import RedisError
 
 from comet.broker import BrokerUnavailable, Deliver, Held, Message, Replay
 from comet.broker.pubsublink import PING_INTERVAL, SUBSCRIBE_WAIT, PubSubLink, Waiters
-from comet.broker.redisbase import RedisBrokerBase
+from comet.broker.redisbase import RedisBrokerBase, read_replay
 from comet.broker.redisscripts import (
     BROADCAST,
     PUBLISH,
@@ -370,6 +370,5 @@ def _split(last: str | None) -> tuple[str, str]:
 
 
 def _replay_of(answer: list) -> Replay:
-    epoch = answer[0].decode()
-    messages = [Message(epoch, int(answer[i]), answer[i + 1]) for i in range(4, len(answer), 2)]
-    return Replay(messages, answer[2] == 1, f"{epoch}-{int(answer[3])}")
+    read = read_replay(answer)
+    return Replay(read.messages, read.missed, f"{read.epoch}-{read.after}")

@@ -14,11 +14,12 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import gevent
 from redis.exceptions import RedisError
 
-from comet.broker import BrokerUnavailable, redacted
+from comet.broker import BrokerUnavailable, Message, redacted
 from comet.broker.pubsublink import PING_INTERVAL
 from comet.broker.redisconn import connection_options
 
@@ -26,6 +27,25 @@ log = logging.getLogger(__name__)
 
 #: Redis commands in flight at once from one process, unless the URL's max_connections says
 POOL_SIZE = 32
+
+
+class ReplayAnswer(NamedTuple):
+    """What a replay script answered (``{epoch, last, missed, after, seq1, data1, ...}``)."""
+
+    epoch: str
+    missed: bool
+    #: the offset the replay starts after
+    after: int
+    messages: list[Message]
+
+
+def read_replay(answer: list, stream: str | None = None) -> ReplayAnswer:
+    """The answer of ``REPLAY`` or ``SHARD_REPLAY`` (``stream``: the id it read, for a
+    cluster's per stream positions)."""
+    epoch = answer[0].decode()
+    messages = [Message(epoch, int(answer[i]), answer[i + 1], stream=stream)
+                for i in range(4, len(answer), 2)]
+    return ReplayAnswer(epoch, answer[2] == 1, int(answer[3]), messages)
 
 
 class RedisBrokerBase:

@@ -67,7 +67,7 @@ from comet.broker.pubsublink import (
     PubSubLink,
     Waiters,
 )
-from comet.broker.redisbase import RedisBrokerBase
+from comet.broker.redisbase import RedisBrokerBase, read_replay
 from comet.broker.redisscripts import (
     BROADCAST,
     SEQ_PER_MS,
@@ -296,11 +296,10 @@ class RedisClusterBroker(RedisBrokerBase):
         missed = False
         start = []
         for stream, answer in zip(streams, answers, strict=True):
-            epoch = answer[0].decode()
-            missed = missed or answer[2] == 1
-            start.append(f"{stream}{AT}{epoch}-{int(answer[3])}")
-            found.extend(Message(epoch, int(answer[i]), answer[i + 1], stream=stream)
-                         for i in range(4, len(answer), 2))
+            read = read_replay(answer, stream)
+            missed = missed or read.missed
+            start.append(f"{stream}{AT}{read.epoch}-{read.after}")
+            found.extend(read.messages)
         found.sort(key=lambda m: m.seq)
         return Replay(found, missed, ELEMENTS.join(start))
 
@@ -527,11 +526,10 @@ class RedisClusterBroker(RedisBrokerBase):
                 continue
             found = []
             for id, answer in zip(batch, answers, strict=True):
-                if answer[2] == 1:
+                read = read_replay(answer, id)
+                if read.missed:
                     lost.append(id)
-                epoch = answer[0].decode()
-                found.extend(Message(epoch, int(answer[i]), answer[i + 1], stream=id)
-                             for i in range(4, len(answer), 2))
+                found.extend(read.messages)
             found.sort(key=lambda m: m.seq)
             for message in found:
                 if self._home.get(message.stream) is not None:
