@@ -42,6 +42,7 @@ from redis.connection import ConnectionPool
 from redis.exceptions import RedisError
 
 from comet.broker import BrokerUnavailable, Deliver, Held, Message, Replay
+from comet.broker.coalesce import Coalescer
 from comet.broker.pubsublink import PING_INTERVAL, SUBSCRIBE_WAIT, PubSubLink, Waiters
 from comet.broker.redisbase import RedisBrokerBase, read_replay
 from comet.broker.redisscripts import (
@@ -100,6 +101,8 @@ class RedisBroker(RedisBrokerBase):
         #: greenlets beyond the pool wait here, cooperatively, for a connection
         self._slots = gevent.lock.BoundedSemaphore(pool_size)
         self._publish = self._client.register_script(PUBLISH)
+        #: one publish call in flight; what comes meanwhile goes together in the next
+        self._publish_call = Coalescer(self._run_publish)
         self._replay = self._client.register_script(REPLAY)
         self._setup = self._client.register_script(SETUP)
         self._pos = position_key(self.prefix)
@@ -168,14 +171,14 @@ class RedisBroker(RedisBrokerBase):
         self._link.schedule_flush()
 
     def publish(self, id: str, data: bytes) -> tuple[Message, None]:
-        return self._run_publish([(id, data)])[0]
+        return self._publish_call([(id, data)])[0]
 
     def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[tuple[Message, None]]:
-        """Many publishes in one round trip (a pipeline of the script), in order."""
-        return self._run_publish(list(items))
+        """Many publishes in one script call, in order."""
+        return self._publish_call(items)
 
     def broadcast(self, data: bytes) -> tuple[Message, None]:
-        return self._run_publish([(BROADCAST, data)])[0]
+        return self._publish_call([(BROADCAST, data)])[0]
 
     def replay(self, ids: Sequence[str], last: str | None) -> Replay:
         streams = [stream_key(self.prefix, id) for id in ids] + [self._broadcast_stream]
@@ -207,7 +210,9 @@ class RedisBroker(RedisBrokerBase):
 
     def snapshot(self) -> dict:
         return {"kind": "redis", "url": self.where, "up": self.up, "epoch": self.epoch,
-                "subscribed_ids": self.subscribed(), **self.stats}
+                "subscribed_ids": self.subscribed(), **self.stats,
+                "publish_calls": self._publish_call.calls,
+                "published": self._publish_call.items}
 
     def subscribed(self) -> int:
         """Ids whose subscription Redis has confirmed (and not been asked to undo)."""

@@ -58,6 +58,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from comet.broker import BrokerUnavailable, Deliver, Message, Replay
+from comet.broker.coalesce import Coalescer
 from comet.broker.cursor import AT, ELEMENTS, parse
 from comet.broker.pubsublink import (
     BACKOFF_CAP,
@@ -188,6 +189,8 @@ class RedisClusterBroker(RedisBrokerBase):
         self.pubsub_options.pop("db", None)
         self._client: redis.RedisCluster | None = None
         self._slots = gevent.lock.BoundedSemaphore(self.pool_size)
+        #: one publish call in flight; what comes meanwhile goes together in the next
+        self._publish_call = Coalescer(self._publish_now)
         self._deliver: Deliver | None = None
         self._lost: Lost = lambda ids: None
         self._shards: dict[str, _Shard] = {}
@@ -258,9 +261,12 @@ class RedisClusterBroker(RedisBrokerBase):
                 shard.schedule_flush()
 
     def publish(self, id: str, data: bytes) -> tuple[Message, None]:
-        return self.publish_many([(id, data)])[0]
+        return self._publish_call([(id, data)])[0]
 
     def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[tuple[Message, None]]:
+        return self._publish_call(items)
+
+    def _publish_now(self, items: list[tuple[str, bytes]]) -> list[tuple[Message, None]]:
         """Each message by its stream's script; one pipeline per node, the nodes at once."""
         calls = [(id, [epoch_candidate(), channel(self.prefix, id), data,
                        self.history, self.ttl]) for id, data in items]
@@ -273,7 +279,7 @@ class RedisClusterBroker(RedisBrokerBase):
                 for answer, (id, data) in zip(answers, items, strict=True)]
 
     def broadcast(self, data: bytes) -> tuple[Message, None]:
-        return self.publish_many([(BROADCAST, data)])[0]
+        return self._publish_call([(BROADCAST, data)])[0]
 
     def replay(self, ids: Sequence[str], last: str | None) -> Replay:
         """Each stream's messages after the client's element for it; ``start`` is the
@@ -324,7 +330,8 @@ class RedisClusterBroker(RedisBrokerBase):
                                   "reconnects": shard.reconnects}
                            for name, shard in self._shards.items()},
                 "reconnects": sum(shard.reconnects for shard in self._shards.values()),
-                **self.stats}
+                **self.stats, "publish_calls": self._publish_call.calls,
+                "published": self._publish_call.items}
 
     def subscribed(self) -> int:
         """Ids whose subscriptions their nodes have confirmed (broadcasts not counted)."""
