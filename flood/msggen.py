@@ -1,15 +1,16 @@
 """``python -m flood.msggen``: the series' part 2 message generator.
 
 Sends ``POST /send/<id>`` at a target rate to ids drawn by popularity (:mod:`flood.ids`),
-over keep-alive HTTP: one ``http.client`` connection per port per sender thread, a
-fraction of what ``requests`` costs a message, so that the publisher does not set the
-rate it measures. With ``--batch N``, up to N due messages go in one ``POST /send``
+over keep-alive HTTP: ``--concurrency`` sender greenlets, each with one connection per
+port (:class:`flood.publisher.Publisher`, a fraction of what ``http.client`` in threads
+or ``requests`` cost a message), so that the publisher does not set the rate it
+measures. With ``--batch N``, up to N due messages go in one ``POST /send``
 (newline-delimited JSON). Every message
 carries its send time (``ts=...``, :func:`flood.latency.stamp`) so a flood reading the
 streams measures delivery latency. It reports sent/s, errors by kind and what the
 server answered (how many connections each message reached).
 
-Pacing: message k is due at ``start + k / rate``; one pacer thread hands due messages
+Pacing: message k is due at ``start + k / rate``; one pacer greenlet hands due messages
 to the senders, so the rate is never exceeded. If the senders fall behind, the
 achieved rate says so. Ids map to ports as :mod:`flood.urls` spreads them, so
 ``--ports`` reaches the server process that holds each id's stream.
@@ -18,26 +19,28 @@ achieved rate says so. Ids map to ports as :mod:`flood.urls` spreads them, so
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import queue
 import signal
 import socket
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import gevent
+import gevent.event
+import gevent.queue
+
 from flood.ids import Popularity, parse_ids
 from flood.latency import stamp
+from flood.publisher import DecodeError, HeadError, Publisher
 from flood.report import write_json
 from flood.urls import BadUrl, parse_ports, parse_url
 
 
 @dataclass
 class Tally:
-    """What the senders did; one lock guards it (threads, not greenlets)."""
+    """What the senders did (greenlets: no lock, nothing yields while it is updated)."""
 
     sent: int = 0
     ok: int = 0
@@ -45,7 +48,6 @@ class Tally:
     delivered: int = 0  #: sum of the server's ``delivered`` answers
     statuses: Counter = field(default_factory=Counter)
     error_kinds: Counter = field(default_factory=Counter)
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_dict(self) -> dict:
         return {"sent": self.sent, "ok": self.ok, "errors": self.errors,
@@ -54,7 +56,7 @@ class Tally:
 
 
 class Generator:
-    """Paces messages and sends them from ``concurrency`` threads."""
+    """Paces messages and sends them from ``concurrency`` greenlets."""
 
     def __init__(self, base: str, ids: list[str], rate: float, skew: float = 0.0,
                  ports: list[int] | None = None, concurrency: int = 16, timeout: float = 5.0,
@@ -72,8 +74,8 @@ class Generator:
         #: messages one request may carry: 1 sends POST /send/<id>, more a POST /send batch
         self.batch = batch
         self.tally = Tally()
-        self.stopped = threading.Event()
-        self._queue: queue.Queue = queue.Queue(maxsize=concurrency * 2 * batch)
+        self.stopped = gevent.event.Event()
+        self._queue: gevent.queue.Queue = gevent.queue.Queue(maxsize=concurrency * 2 * batch)
 
     def url_for(self, ident: str) -> str:
         """Where one message to ``ident`` is posted (``POST /send/<id>``)."""
@@ -109,21 +111,21 @@ class Generator:
         while len(items) < self.batch:
             try:
                 more = self._queue.get_nowait()
-            except queue.Empty:
+            except gevent.queue.Empty:
                 break
             if more is None:
-                self._queue.put(None)  # the end: for this thread's next turn
+                self._queue.put(None)  # the end: for this sender's next turn
                 break
             items.append(more)
         return items
 
     def _send_loop(self) -> None:
-        connections: dict[int, http.client.HTTPConnection] = {}
+        connections: dict[int, Publisher] = {}
         while (items := self._due()) is not None:
             if self.batch == 1:
                 k, ident = items[0]
                 self._send(connections, self.port_of(ident), f"/send/{ident}",
-                           stamp(f"{self.text} {k} to {ident}").encode(), {}, 1)
+                           stamp(f"{self.text} {k} to {ident}").encode(), None, 1)
                 continue
             by_port: dict[int, list] = {}
             for k, ident in items:
@@ -131,57 +133,53 @@ class Generator:
             for port, group in by_port.items():
                 body = b"".join(json.dumps({"id": ident, "message": stamp(
                     f"{self.text} {k} to {ident}")}).encode() + b"\n" for k, ident in group)
-                self._send(connections, port, "/send", body,
-                           {"Content-Type": "application/x-ndjson"}, len(group))
+                self._send(connections, port, "/send", body, b"application/x-ndjson",
+                           len(group))
         for conn in connections.values():
             conn.close()
 
-    def _send(self, connections: dict, port: int, path: str, body: bytes, headers: dict,
-              count: int) -> None:
-        """One request carrying ``count`` messages, on this thread's connection to
+    def _send(self, connections: dict, port: int, path: str, body: bytes,
+              content_type: bytes | None, count: int) -> None:
+        """One request carrying ``count`` messages, on this sender's connection to
         ``port`` (opened again after a failure); the tally counts messages."""
         conn = connections.get(port)
         if conn is None:
-            conn = connections[port] = http.client.HTTPConnection(self.host.strip("[]"), port,
-                                                                   timeout=self.timeout)
+            conn = connections[port] = Publisher(self.host.strip("[]"), port, self.timeout)
         try:
-            conn.request("POST", path, body=body, headers=headers)
-            resp = conn.getresponse()
-            status, answer = resp.status, _json_or_none(resp.read())
+            status, raw = conn.post(path, body, content_type)
+            answer = _json_or_none(raw)
             kind = None if status == 200 else f"HTTP {status}"
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
+        except (OSError, HeadError, DecodeError) as exc:
             status, answer, kind = None, None, _kind(exc)
         tally = self.tally
-        with tally.lock:
-            tally.sent += count
-            if status is not None:
-                tally.statuses[str(status)] += count
-            if kind is None:
-                tally.ok += count
-                if isinstance(answer, dict):
-                    tally.delivered += int(answer.get("delivered", 0) or 0)
-            else:
-                tally.errors += count
-                tally.error_kinds[kind] += count
+        tally.sent += count
+        if status is not None:
+            tally.statuses[str(status)] += count
+        if kind is None:
+            tally.ok += count
+            if isinstance(answer, dict):
+                tally.delivered += int(answer.get("delivered", 0) or 0)
+        else:
+            tally.errors += count
+            tally.error_kinds[kind] += count
 
     def run(self, duration: float | None, report: float, out=print) -> dict:
         """Send until ``duration`` ends or :meth:`stop`; print a line every ``report`` s."""
         started = time.time()
-        threads = [threading.Thread(target=self._send_loop, daemon=True)
-                   for _ in range(self.concurrency)]
-        pacer = threading.Thread(target=self._pace, args=(duration,), daemon=True)
-        for t in [pacer, *threads]:
-            t.start()
+        pacer = gevent.spawn(self._pace, duration)
+        senders = [gevent.spawn(self._send_loop) for _ in range(self.concurrency)]
         last_sent, last_t = 0, started
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=min(report, 0.2))
+        while not all(sender.dead for sender in senders):
+            gevent.joinall(senders, timeout=min(report, 0.2))
             now = time.time()
             if now - last_t >= report:
                 sent = self.tally.sent
                 out(self.line(sent, (sent - last_sent) / (now - last_t)))
                 last_sent, last_t = sent, now
+        pacer.join()
+        for sender in senders:
+            if sender.exception is not None:
+                raise sender.exception
         elapsed = time.time() - started
         result = self.tally.as_dict()
         result.update(elapsed_s=round(elapsed, 3), target_rate=self.rate,
@@ -212,6 +210,8 @@ def _kind(exc: Exception) -> str:
         return "timeout"
     if isinstance(exc, OSError):
         return "connection error"
+    if isinstance(exc, (HeadError, DecodeError)):
+        return "bad answer"
     return exc.__class__.__name__
 
 
@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skew", type=float, default=0.0,
                    help="popularity exponent: 0 uniform, 1 Zipf (default 0)")
     p.add_argument("--duration", type=float, help="seconds, then stop (default: until Ctrl-C)")
-    p.add_argument("--concurrency", type=int, default=16, help="sender threads (default 16)")
+    p.add_argument("--concurrency", type=int, default=16,
+                   help="senders, each with its own connection per port (default 16)")
     p.add_argument("--report", type=float, default=1.0, help="seconds between lines (default 1)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
     p.add_argument("--seed", type=int, help="random seed, for a repeatable id sequence")
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, BadUrl) as exc:
         p.error(str(exc))
     # Ctrl-C: stop pacing; the senders finish what is queued, then the totals print
-    signal.signal(signal.SIGINT, lambda *_: gen.stop())
+    gevent.signal_handler(signal.SIGINT, gen.stop)
     result = gen.run(args.duration, args.report,
                      out=lambda s: (sys.stdout.write(s + "\n"), sys.stdout.flush()))
     if args.json:
