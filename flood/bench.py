@@ -30,7 +30,7 @@ import time
 import gevent
 
 from comet.hostlimits import FLOOD_FD_MARGIN, processes_needed, raise_open_files_limit
-from flood import benchtable, measure, memory, redisproc, stats
+from flood import benchtable, measure, memory, publishing, redisproc, stats
 from flood.measure import SAMPLE, Timeline
 from flood.procs import Children
 from flood.report import write_json
@@ -151,6 +151,10 @@ class Bench:
                 args.fanout_timeout)
             self.result.update(measure.figures(before, after, ready, ramp, held, fan,
                                                server.pids, self.client_procs))
+            if args.publish_rate:
+                self.result["per_user"] = publishing.per_user(
+                    server.url, self.timeline, children, args.connections, args.publish_rate,
+                    args.publish_for, args.publish_batch, args.publish_concurrency)
             if server.redis_url:
                 self.result.update(redisproc.figures(server.redis_url, server.redis_pid,
                                                      before, after, held))
@@ -219,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--procs", type=int, help="flood processes (default: as the count needs)")
     p.add_argument("--source", help="flood source addresses, as flood --source")
     p.add_argument("--concurrency", type=int, default=256, help="connects at once per process")
+    p.add_argument("--publish-rate", type=float, metavar="R",
+                   help="after the broadcasts, R messages/s each to one random held id "
+                        "(flood.msggen), and what arrived: latency, loss")
+    p.add_argument("--publish-for", type=float, default=60.0, metavar="S",
+                   help="seconds of --publish-rate (default 60)")
+    p.add_argument("--publish-batch", type=int, default=100, metavar="N",
+                   help="messages per POST /send with --publish-rate (default 100; 1 sends "
+                        "one request per message)")
+    p.add_argument("--publish-concurrency", type=int, default=8, metavar="C",
+                   help="msggen's senders with --publish-rate (default 8)")
     p.add_argument("--fanout-timeout", type=float, default=60.0,
                    help="seconds to wait for the broadcast to reach everyone (default 60)")
     p.add_argument("--json", help="write every figure and the time series here")
@@ -260,6 +274,13 @@ def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpars
     if taken:
         parser.error(f"{', '.join(sorted(taken))} in --server-args: give bench's own flag, "
                      "so that it measures (and starts) what the server uses")
+    if args.publish_rate is not None and (args.publish_rate <= 0 or args.publish_for <= 0
+                                          or args.publish_batch < 1
+                                          or args.publish_concurrency < 1):
+        parser.error("--publish-rate, --publish-for, --publish-batch and "
+                     "--publish-concurrency must be positive")
+    if args.publish_rate and args.unread:
+        parser.error("--publish-rate with --unread: nobody reads what is published")
     if args.unread and args.transport == "poll":
         parser.error("--unread with poll: an unread poll never asks again; use another transport")
     if args.modes:

@@ -18,6 +18,15 @@ def progress(phase: str, total: dict, connections: int, rate: float, row: dict) 
             f"CPU {row['server_cpu_percent']:.0f}%")
 
 
+def publishing_line(p: dict) -> str:
+    """bench's per-user phase in one line: rate, what arrived, latency."""
+    lat = (f"p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, max {p['max_ms']:.1f} ms"
+           if p["count"] else "no latency samples")
+    return (f"{p['accepted']:,} accepted of {p['sent']:,} at {p['achieved_rate']:,.0f}/s "
+            f"(batch {p['batch']}), {p['received']:,} received, {p['not_received']:,} not "
+            f"({p['closed_streams']:,} streams closed); {lat}")
+
+
 def rows(r: dict) -> list[tuple[str, str]]:
     """(figure, value) for one run."""
     rate = r["accept_rate_per_s"]
@@ -55,6 +64,8 @@ def rows(r: dict) -> list[tuple[str, str]]:
         if len(each) > 1:
             out.append(("each broadcast, all in", ", ".join(
                 "-" if t is None else f"{t:.0f}" for t in each) + " ms"))
+    if r.get("per_user"):
+        out.append(("per-user messages", publishing_line(r["per_user"])))
     if r.get("churn"):
         c = r["churn"]
         out.append(("after churn", (f"empty in {c['empty_after_s']:.1f} s" if c["empty"]

@@ -245,3 +245,26 @@ def test_bench_stopped_by_sigterm_stops_its_server_workers_and_redis(tmp_path):
     assert bench_proc.returncode == 130, err
     assert len(started) >= 5  # master, two workers, redis-server, a flood process
     assert not [pid for pid in started if alive(pid)], started
+
+
+def test_bench_publishes_to_each_user_and_counts_what_arrived(tmp_path):
+    """--publish-rate: msggen to random held ids across two workers; all of it read."""
+    redis_binary_or_skip("redis-server")
+    doc, printed = small_bench(tmp_path, "--workers", "2", "--redis-server",
+                               "--publish-rate", "200", "--publish-for", "2",
+                               "--publish-batch", "5")
+    per_user = doc["per_user"]
+    assert per_user["errors"] == 0 and per_user["accepted"] == per_user["sent"] > 0, per_user
+    assert per_user["received"] == per_user["accepted"] and per_user["not_received"] == 0
+    assert per_user["count"] == per_user["received"] and per_user["p99_ms"] is not None
+    assert per_user["closed_streams"] == 0 and per_user["batch"] == 5
+    assert "per-user messages" in printed and f"{per_user['received']:,} received" in printed
+
+
+def test_bench_publish_options_are_checked_before_anything_starts(tmp_path):
+    for extra, says in ((["--publish-rate", "0"], "must be positive"),
+                        (["--publish-rate", "10", "--unread"], "nobody reads")):
+        result = subprocess.run([sys.executable, "-m", "flood.bench", "--connections", "10",
+                                 "--no-plot", *extra], cwd=ROOT, capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 2 and says in result.stderr, result.stderr
