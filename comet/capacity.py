@@ -2,8 +2,10 @@
 
 This module owns the measured figures and the arithmetic on them; it reads nothing from
 the host (its callers, ``comet.tune`` and bench's pre-check, pass the host's limits in)
-and knows nothing of sysctl files. Processes per open-files limit and source addresses per port
-range are :mod:`comet.hostlimits`' arithmetic, shared with the server and the flood. The
+and knows nothing of sysctl files. It imports only :mod:`comet.hostlimits` and the
+standard library, so that the flood's bench can check a run against it
+(``flood.precheck``). Processes per open-files limit and source addresses per port range
+are :mod:`comet.hostlimits`' arithmetic, shared with the server and the flood. The
 figures are measured, never guessed: either a benchmark's JSON (``python -m flood.bench
 --json``, read by :func:`comet.benchjson.load_figures`) or :data:`DEFAULT_FIGURES`,
 which ``docs/tuning.rst`` traces to the measurements behind them.
@@ -245,7 +247,7 @@ def socket_buffer_pages(connections: int, unread_bytes: int, backlog: int) -> in
 
 
 def gib(kib: float) -> str:
-    return f"{kib / KIB_PER_GIB:.2f} GiB"
+    return f"{kib / KIB_PER_GIB:,.2f} GiB"
 
 
 def _label(name: str) -> str:
