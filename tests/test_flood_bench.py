@@ -40,8 +40,9 @@ REDIS = {"redis_url", "redis_pid", "redis_started", "redis_rss_from", "redis_rss
          "server_redis_kb_per_conn", "redis_errors"}
 FANOUT = {"answer", "answer_s", "expected", "received", "count", "p50_ms", "p99_ms", "max_ms",
           "all_received_ms", "deliveries_per_s", "buckets"}
-SERIES = {"t", "active", "closed", "chunks", "attempted", "pending", "client_rss_bytes",
-          "server_rss_bytes", "server_cpu_percent"}
+SERIES = {"t", "active", "closed", "chunks", "attempted", "pending", "ramp_per_s",
+          "client_rss_bytes", "server_rss_bytes", "server_pss_bytes", "redis_rss_bytes",
+          "slab_bytes", "tcp_mem_bytes", "mem_available_bytes", "server_cpu_percent"}
 
 
 def bench(tmp_path, *extra: str) -> dict:
@@ -60,6 +61,7 @@ def check(doc: dict) -> None:
     assert FIGURES <= set(doc), FIGURES - set(doc)
     assert FANOUT <= set(doc["fanout"]), FANOUT - set(doc["fanout"])
     assert doc["series"] and SERIES <= set(doc["series"][-1])
+    check_series(doc["series"])
     assert doc["held"] == N and doc["closed"] == 0
     assert doc["fanout"]["answer"]["delivered"] == N
     assert doc["fanout"]["received"] == N and doc["fanout"]["all_received_ms"] is not None
@@ -72,6 +74,19 @@ def check(doc: dict) -> None:
     assert 0 < plan["predicted_bytes"] < plan["with_margin_bytes"] < plan["available_bytes"]
     ends = 2 if "server_command" in doc else 1  # with --target only the flood's are checked
     assert plan["terms"]["kernel slab"] == N * ends * 5 * 1024
+
+
+def check_series(series: list[dict], redis: bool = False) -> None:
+    """Every row has the memory by component and the ramp rate, each plausible."""
+    for row in series:
+        assert SERIES <= set(row), SERIES - set(row)
+        assert row["server_pss_bytes"] > 0 and row["slab_bytes"] > 0
+        assert 0 < row["mem_available_bytes"] < psutil.virtual_memory().total
+        assert row["server_pss_bytes"] <= row["server_rss_bytes"]
+        assert row["tcp_mem_bytes"] >= 0 and row["ramp_per_s"] >= 0
+        assert (row["redis_rss_bytes"] > 0) if redis else row["redis_rss_bytes"] is None
+    assert max(row["ramp_per_s"] for row in series) > 0          # the ramp is seen
+    assert series[-1]["client_rss_bytes"] > 0
 
 
 def test_bench_starts_the_server_and_reports_every_figure(tmp_path):
@@ -191,6 +206,7 @@ def test_bench_workers_with_its_own_redis_measures_every_process_and_leaves_none
     # its Redis: started, given to the server, measured before and with the 60 held
     assert REDIS <= set(doc), REDIS - set(doc)
     assert doc["redis_started"] and doc["redis_rss_from"] == "psutil"
+    check_series(doc["series"], redis=True)
     assert doc["server_command"][-2:] == ["--redis", doc["redis_url"]]
     assert stats_after["broker"]["kind"] == "redis"
     assert doc["redis_rss_before"] > 0 and doc["redis_rss_after"] > 0
