@@ -178,6 +178,14 @@ def _loopback(url: str) -> bool:
         return host == "localhost"
 
 
+def _loopback_range(start: str, count: int) -> str | None:
+    """``--source`` for ``count`` addresses from ``start``; None past 127.255.255.254."""
+    first = ipaddress.IPv4Address(start)
+    if int(first) + count - 1 >= int(ipaddress.IPv4Address("127.255.255.255")):
+        return None
+    return f"{first}-{first + count - 1}"
+
+
 def ports(args: argparse.Namespace, host: Host) -> str | None:
     """One source address opens one connection per ephemeral port to the server's one
     address and port; more connections need more source addresses."""
@@ -188,13 +196,16 @@ def ports(args: argparse.Namespace, host: Host) -> str | None:
     if need <= given:
         return None
     has = f"--source gives {given}" if sources else "without --source there is 1"
-    if _loopback(args.target or "http://127.0.0.1"):
-        start = ipaddress.IPv4Address(sources[0] if sources else "127.0.0.2")
-        fast = math.ceil(args.connections / max(hostlimits.ports_per_source(span) // 2, 1))
-        fix = (f"--source {start}-{start + need - 1}, or {start}-{start + fast - 1} to keep "
-               "each address under half the range, where connect() stays fast")
+    fast = math.ceil(args.connections / max(hostlimits.ports_per_source(span) // 2, 1))
+    start = sources[0] if sources else "127.0.0.2"
+    least, quick = _loopback_range(start, need), _loopback_range(start, fast)
+    if not _loopback(args.target or "http://127.0.0.1") or not _loopback(f"http://{start}"):
+        fix = f"--source with {need:,} addresses of this host's interfaces"
+    elif least is None:
+        fix = f"more than 127.0.0.0/8 holds from {start}: run the flood on more hosts"
     else:
-        fix = f"--source with {need} addresses of this host's interfaces"
+        fix = f"--source {least}" + (f", or {quick} to keep each address under half the "
+                                     "range, where connect() stays fast" if quick else "")
     return (f"ports: {args.connections:,} connections need {need:,} source addresses "
             f"({hostlimits.ports_per_source(span):,} ephemeral ports each: "
             f"net.ipv4.ip_local_port_range {span[0]} {span[1]}), {has}: {fix}")

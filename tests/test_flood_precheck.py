@@ -96,6 +96,12 @@ def test_too_few_source_addresses_name_source_and_the_range_that_fits():
     assert "need 16 source addresses (64,512 ephemeral ports each" in wide
 
 
+def test_more_addresses_than_loopback_has_means_more_hosts():
+    found = [r for r in refusals(["--connections", str(10 ** 12)]) if r.startswith("ports")]
+    assert found[0].endswith("more than 127.0.0.0/8 holds from 127.0.0.2: run the flood on "
+                             "more hosts")
+
+
 def test_a_remote_target_needs_addresses_of_this_hosts_interfaces():
     found = refusals(["--connections", "100000", "--target", "http://10.1.2.3:8000",
                       "--server-pid", "1"])
