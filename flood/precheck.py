@@ -122,8 +122,9 @@ def memory(args: argparse.Namespace, host: Host, figures: Figures) -> str | None
         return None
     most = capacity.most_connections(figures, lambda k: experiment(args, k, hard),
                                      host.available_kib, n)
-    fix = (f"lower --connections to ~{about(most):,}" if most else "run nothing else here") \
-        + (" or --unread-bytes" if args.unread else "") + " or free memory"
+    fix = (f"lower --connections to ~{about(most):,}" + (" or --unread-bytes" if args.unread
+                                                          else "") + " or free memory") \
+        if most else "free memory (not one connection fits beside the processes' own)"
     return (f"memory: {n:,} connections need {gib(need)} ({gib(total)} by the capacity model "
             f"and {capacity.MEMORY_MARGIN:.0%} more), {gib(host.available_kib)} available "
             f"(MemAvailable): {fix}")

@@ -52,6 +52,8 @@ def test_too_little_memory_is_refused_with_the_most_connections_that_fit():
     assert capacity.with_margin(capacity.memory_needed_kib(capacity.DEFAULT_FIGURES, exp)) \
         <= 9 * GIB
     assert 300_000 < most < 600_000
+    nothing = refusals(MILLION, host(available_kib=GIB // 2))[0]
+    assert nothing.endswith("free memory (not one connection fits beside the processes' own)")
 
 
 def test_unknown_free_memory_is_a_refusal_not_a_guess():
