@@ -3,9 +3,11 @@
 This module owns the host knowledge that the server, the operations tools
 (:mod:`comet.tune`, :mod:`comet.capacity`) and the flood share, each fact written once:
 how many descriptors each kind of process keeps for itself, raising ``RLIMIT_NOFILE``,
-how many processes N connections take, reading sysctls (the ephemeral port range among
-them), the sysctls the server checks at start, and :func:`startup_problems`, the lines
-the server logs when a limit falls short of its own ``--max-connections`` and ``--port``.
+how many processes N connections take, the files and listen backlog they need, reading
+sysctls (the ephemeral port range, the files in use among them) and the memory
+available, the sysctls the server checks at start, and :func:`startup_problems`, the
+lines the server logs when a limit falls short of its own ``--max-connections`` and
+``--port``.
 
 It imports only the standard library, so that flood can use it and still never import
 comet's router, app, server, hub or broker, and so that the server needs neither
@@ -25,6 +27,7 @@ from pathlib import Path
 log = logging.getLogger("comet.hostlimits")
 
 PROC_SYS = Path("/proc/sys")
+MEMINFO = Path("/proc/meminfo")
 
 #: Descriptors a server process keeps beside the connections it holds: the listener, epoll,
 #: stdio and logs, and the short requests in flight at the same moment (``POST /send``,
@@ -40,6 +43,8 @@ FLOOD_FD_MARGIN = 64
 
 #: System-wide files beyond the sockets: everything else the host runs.
 HOST_FILES = 65536
+#: Seconds of arrivals a listen backlog must hold while the server is busy (a broadcast).
+ACCEPT_SECONDS = 2
 #: Accept queue: two seconds of arrivals at 4,000 new connections/s (issue 6's accept target).
 ACCEPT_BURST = 8192
 #: Linux's default ``net.ipv4.ip_local_port_range``, assumed when it cannot be read.
@@ -85,6 +90,11 @@ def open_files_needed(connections: int, margin: int = SERVER_FD_MARGIN) -> int:
     return connections + margin
 
 
+def files_needed(sockets: int, server_processes: int, flood_processes: int) -> int:
+    """System-wide files an experiment opens: its sockets and each process's own margin."""
+    return sockets + server_processes * SERVER_FD_MARGIN + flood_processes * FLOOD_FD_MARGIN
+
+
 def can_raise_hard_limits() -> bool:
     """Only CAP_SYS_RESOURCE lifts a hard rlimit; containers usually drop it, even for root."""
     try:
@@ -104,6 +114,30 @@ def read_sysctl(name: str, proc_sys: str | Path = PROC_SYS) -> str | None:
         return " ".join((Path(proc_sys) / name.replace(".", "/")).read_text().split())
     except OSError:
         return None
+
+
+def files_in_use(proc_sys: str | Path = PROC_SYS) -> int | None:
+    """Files open system-wide now: the first field of ``fs.file-nr``; None when unreadable."""
+    words = (read_sysctl("fs.file-nr", proc_sys) or "").split()
+    return int(words[0]) if words and words[0].isdigit() else None
+
+
+def memory_available_kib(meminfo: str | Path = MEMINFO) -> int | None:
+    """``MemAvailable`` (KiB): what can be allocated without swapping, page cache included;
+    None when the kernel does not say (before Linux 3.14)."""
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def backlog_needed(rate: float, connections: int) -> int:
+    """The listen backlog that holds :data:`ACCEPT_SECONDS` of arrivals at ``rate`` a second
+    while the server is busy; never more than there are connections to come."""
+    return max(min(math.ceil(ACCEPT_SECONDS * rate), connections), 1)
 
 
 def ports(text: str) -> set[int]:

@@ -27,7 +27,7 @@ from typing import TextIO
 
 import psutil
 
-from comet import capacity, hostlimits
+from comet import benchjson, capacity, hostlimits
 from comet.hostlimits import ACCEPT_BURST, PROC_SYS, Check, ports, read_sysctl
 
 DEFAULT_CONNECTIONS = 100_000
@@ -50,6 +50,16 @@ class Target:
     @property
     def sockets(self) -> int:
         return capacity.sockets(self.connections, self.loopback)
+
+    def experiment(self, hard: int) -> capacity.Experiment:
+        """Everything N connections run here: as many server processes as the open-files
+        limit needs (a master and its workers, over a Redis, when more than one), and the
+        flood's processes with ``--loopback``."""
+        procs = max(self.processes, hostlimits.processes_needed(self.connections, hard))
+        flood = hostlimits.processes_needed(self.connections, hard, hostlimits.FLOOD_FD_MARGIN)
+        return capacity.Experiment(self.connections, procs + (procs > 1), redis=procs > 1,
+                                   redis_started=procs > 1,
+                                   flood_processes=flood if self.loopback else 0)
 
 
 def _numbers(text: str) -> list[int | None]:
@@ -166,8 +176,9 @@ def limit_rows(target: Target) -> list[Check]:
 
 def host_rows(target: Target, figures: capacity.Figures, available: int,
               hard: int) -> list[Check]:
-    """RAM (KiB available) against the capacity plan, and processes against cores."""
-    need = capacity.memory_needed_kib(figures, target.connections, target.loopback)
+    """RAM (KiB available) against the capacity plan, margin included, and processes
+    against cores."""
+    need = capacity.with_margin(capacity.memory_needed_kib(figures, target.experiment(hard)))
     rows = [Check("memory available", capacity.gib(available), f">= {capacity.gib(need)}",
                   "ok" if need <= available else "SHORT",
                   "spread the connections over more hosts, or lower memory per connection")]
@@ -269,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        figures = capacity.load_figures(args.bench) if args.bench else capacity.DEFAULT_FIGURES
+        figures = benchjson.load_figures(args.bench) if args.bench else capacity.DEFAULT_FIGURES
     except ValueError as exc:
         print(f"comet.tune: --from: {exc}", file=sys.stderr)
         return 2
@@ -284,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, sys.stdout)
     wmem = (read_sysctl("net.ipv4.tcp_wmem", args.proc_sys) or "4096 16384 4194304").split()
     print("", *capacity.plan_lines(
-        figures, target.connections, loopback=target.loopback,
+        figures, target.experiment(hard),
         port_range=hostlimits.ephemeral_ports(args.proc_sys) or hostlimits.LINUX_EPHEMERAL_PORTS,
         nofile_hard=hard, wmem_initial=int(wmem[1]), available_kib=available), sep="\n")
     if args.apply:

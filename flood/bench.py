@@ -1,10 +1,12 @@
 """``python -m flood.bench``: the seed's question in one command: what does a connection cost?
 
-Starts the comet server (or takes ``--target URL --server-pid PID``), waits until it
-is idle, measures, floods ``--connections`` ``/test/`` streams at ``--rate`` through
-flood processes (:mod:`flood.procs`), holds them, measures again, broadcasts one
-timestamped message and times its fan-out, then prints a table and writes ``--json``
-and a PNG (:mod:`flood.plot`). Memory figures follow docs/design.rst's method
+First checks that the run fits this host (:mod:`flood.precheck`: memory, files, ports,
+backlog) and refuses, starting nothing, when it does not. Then starts Redis
+(``--redis-server``) and the comet server (or takes ``--target URL --server-pid PID``),
+waits until it is idle, measures, floods ``--connections`` ``/test/`` streams at
+``--rate`` through flood processes (:mod:`flood.procs`), holds them, measures again,
+broadcasts one timestamped message and times its fan-out, then prints a table and
+writes ``--json`` and a PNG (:mod:`flood.plot`). Memory figures follow docs/design.rst's method
 (:mod:`flood.memory`). It stops every process it started. ``--modes on,off`` runs the
 whole bench once per ``--hibernate`` mode and prints the runs side by side.
 
@@ -29,8 +31,9 @@ import time
 
 import gevent
 
+from comet import capacity
 from comet.hostlimits import FLOOD_FD_MARGIN, processes_needed, raise_open_files_limit
-from flood import benchtable, measure, memory, publishing, redisproc, stats
+from flood import benchtable, measure, memory, precheck, publishing, redisproc, stats
 from flood.measure import SAMPLE, Timeline
 from flood.procs import Children
 from flood.report import write_json
@@ -114,7 +117,7 @@ class Bench:
                            server_args=args.server_args or "", unread=args.unread,
                            date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                            connections_requested=args.connections, rate_requested=args.rate,
-                           workers=args.workers,
+                           workers=args.workers, precheck=getattr(args, "precheck", None),
                            tcp=memory.tcp_buffers())
         children = None
         fd, url_file = tempfile.mkstemp(prefix="bench-urls-", suffix=".txt")
@@ -339,8 +342,30 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+def refused(args: argparse.Namespace) -> bool:
+    """The pre-check (:mod:`flood.precheck`): say why the run cannot fit, or what it takes.
+
+    Before Redis, the server or the flood starts: a refused run starts nothing at all.
+    """
+    verdict = precheck.check(args, precheck.read_host())
+    if verdict.refusals:
+        print(f"bench: refused before starting anything: {args.connections:,} connections "
+              "do not fit this host", *(f"  {r}" for r in verdict.refusals),
+              "what the run would take in memory:", *verdict.plan, sep="\n", file=sys.stderr)
+        return True
+    args.precheck = verdict.summary()
+    print(f"bench: pre-check: {args.connections:,} connections fit: "
+          f"{capacity.gib(args.precheck['with_margin_bytes'] / 1024)} of memory with the margin, "
+          f"{capacity.gib(verdict.available_kib)} available; files, ports, backlog ok",
+          file=sys.stderr)
+    return False
+
+
 def bench(args: argparse.Namespace) -> int:
-    """One run or ``--modes``: the table, the JSON; exit status 0 when anything was held."""
+    """One run or ``--modes``: the table, the JSON; exit status 0 when anything was held,
+    2 when the pre-check refused the run."""
+    if refused(args):
+        return 2
     if not args.modes:
         result = run_one(args)
         print("\n".join(benchtable.table(result)))

@@ -1,7 +1,9 @@
 """What a bench run measures, of the server under test (:mod:`flood.target`).
 
-:class:`Timeline` samples the flood's counts and the server's RSS and CPU every
-:data:`SAMPLE` seconds (the JSON's ``series``, the PNG's curves, the progress line).
+:class:`Timeline` samples the flood's counts, the ramp rate, the server's RSS and CPU
+and the machine's memory by component (the server's PSS, the flood, Redis, kernel slab,
+TCP buffers, MemAvailable) every :data:`SAMPLE` seconds (the JSON's ``series``, the PNG's
+curves, the progress line).
 The functions are the measurements taken while the flood holds its connections:
 memory before and after (docs/design.rst's method, :mod:`flood.memory`, and the
 server's Redis, :mod:`flood.redisproc`), the timed broadcast fan-out, ``--unread``
@@ -21,6 +23,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections import deque
 
 import gevent
 import psutil
@@ -32,6 +35,13 @@ from flood.target import ServerUnderTest
 
 #: Seconds between samples while ramping and holding (also the flood's snapshot rate).
 SAMPLE = 0.25
+#: Seconds the ramp rate of a sample is measured over.
+RATE_WINDOW = 1.0
+#: Seconds between readings of the server's PSS at least; reading it walks every
+#: process's page tables (34 ms for 57 idle processes here), so it is also read no more
+#: often than keeps that under 1/PSS_SHARE of the time.
+PSS_EVERY = 1.0
+PSS_SHARE = 20
 
 
 class Timeline:
@@ -44,6 +54,10 @@ class Timeline:
         self.t0 = time.time()
         self.progress = sys.stderr.isatty()
         self._cpu_procs: dict[int, psutil.Process] = {}
+        #: (monotonic time, connections ever made) over the last RATE_WINDOW: the ramp rate
+        self._connected: deque[tuple[float, int]] = deque()
+        #: the server's latest PSS reading, and when the next one is due (monotonic)
+        self._pss = (0, 0.0)
 
     def elapsed(self) -> float:
         """Seconds since the run began, as every ``t`` in the JSON counts them."""
@@ -60,12 +74,52 @@ class Timeline:
         row = {"t": self.elapsed(), "active": total["active"],
                "closed": total["closed"], "chunks": total["chunks"],
                "attempted": total["attempted"], "pending": total["pending"],
+               "ramp_per_s": self.ramp_rate(total["connected"]),
                "client_rss_bytes": total["rss_bytes"],
                "server_rss_bytes": memory.process_memory(self.server.pids,
                                                          pss=False)["rss_bytes"],
-               "server_cpu_percent": self.server_cpu()}
+               "server_cpu_percent": self.server_cpu(), **self.memory()}
         self.series.append(row)
         return total
+
+    def ramp_rate(self, connected: int) -> float:
+        """New connections a second over the last :data:`RATE_WINDOW` (the first sample: 0)."""
+        now = time.monotonic()
+        window = self._connected
+        window.append((now, connected))
+        while len(window) > 2 and now - window[1][0] >= RATE_WINDOW:
+            window.popleft()
+        then, before = window[0]
+        return (connected - before) / (now - then) if now > then else 0.0
+
+    def memory(self) -> dict:
+        """The machine's memory by component, for the PNG's memory panel.
+
+        Everything but the server's PSS is one short /proc read (meminfo, sockstat,
+        Redis's statm), so it is read at every sample; the PSS is the latest reading
+        (:data:`PSS_EVERY`). The flood's RSS is in the row already, as its processes
+        report it. ``redis_rss_bytes`` is None unless bench started that Redis.
+        """
+        pss, due = self._pss
+        if time.monotonic() >= due:
+            began = time.monotonic()
+            pss = memory.pss_sum(self.server.pids)
+            took = time.monotonic() - began
+            self._pss = (pss, began + max(PSS_EVERY, PSS_SHARE * took))
+        kernel = memory.meminfo()
+        return {"server_pss_bytes": pss, "redis_rss_bytes": self.redis_rss(),
+                "slab_bytes": kernel.get("Slab"),
+                "tcp_mem_bytes": (memory.sockstat().get("mem") or 0) * memory.PAGE,
+                "mem_available_bytes": kernel.get("MemAvailable")}
+
+    def redis_rss(self) -> int | None:
+        pid = self.server.redis_pid
+        if pid is None:
+            return None
+        try:
+            return psutil.Process(pid).memory_info().rss
+        except psutil.NoSuchProcess:
+            return None
 
     def server_cpu(self) -> float:
         """CPU % of the server processes since the previous sample (100 = one core).

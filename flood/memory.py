@@ -61,26 +61,51 @@ def process_memory(pids: list[int], pss: bool = True) -> dict:
             "by_process": parts if pss else None}
 
 
+def _kb_fields(path: str, *names: str) -> dict[str, int]:
+    """``Name:   N kB`` lines of a /proc file (smaps_rollup, meminfo), in bytes, by name."""
+    found = {}
+    with open(path) as fh:
+        for line in fh:
+            name, _, rest = line.partition(":")
+            if name in names:
+                found[name] = int(rest.split()[0]) * 1024
+    return found
+
+
 def pss_anon(pid: int) -> int | None:
     """``Pss_Anon`` of /proc/PID/smaps_rollup in bytes; None where the kernel has none
     (before Linux 5.7) or the process is gone."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss_Anon:"):
-                    return int(line.split()[1]) * 1024
+        return _kb_fields(f"/proc/{pid}/smaps_rollup", "Pss_Anon").get("Pss_Anon")
     except OSError:
-        pass
-    return None
+        return None
+
+
+def pss_sum(pids: list[int]) -> int:
+    """The PSS of these processes together, in bytes, straight from /proc/PID/smaps_rollup.
+
+    The kernel sums each process's mappings into one short file: reading it is what
+    costs (it walks the page tables), about 0.6 ms a process here, 34 ms for a master and
+    56 idle workers; psutil's ``memory_full_info`` costs the same and more around it.
+    A process gone meanwhile counts nothing.
+    """
+    total = 0
+    for pid in pids:
+        try:
+            total += _kb_fields(f"/proc/{pid}/smaps_rollup", "Pss").get("Pss", 0)
+        except OSError:
+            continue
+    return total
+
+
+def meminfo() -> dict[str, int]:
+    """``Slab`` and ``MemAvailable`` of /proc/meminfo in bytes (one read, cheap)."""
+    return _kb_fields("/proc/meminfo", "Slab", "MemAvailable")
 
 
 def slab_bytes() -> int:
-    """``Slab:`` of /proc/meminfo: kernel objects, about 4 KB of them per TCP socket here."""
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("Slab:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """``Slab:`` of /proc/meminfo: kernel objects, about 5 KB of them per TCP socket here."""
+    return meminfo().get("Slab", 0)
 
 
 def sockstat() -> dict:

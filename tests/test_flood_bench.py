@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 
 import psutil
 import pytest
 
 import comet.server  # noqa: F401  (a broken server is a collection error here, never a skip)
+from comet.hostlimits import LINUX_EPHEMERAL_PORTS, ephemeral_ports, ports_per_source
 from tests.floodservers import ROOT
 from tests.realserver import free_port
 from tests.redisservers import redis_binary_or_skip
@@ -38,8 +40,9 @@ REDIS = {"redis_url", "redis_pid", "redis_started", "redis_rss_from", "redis_rss
          "server_redis_kb_per_conn", "redis_errors"}
 FANOUT = {"answer", "answer_s", "expected", "received", "count", "p50_ms", "p99_ms", "max_ms",
           "all_received_ms", "deliveries_per_s", "buckets"}
-SERIES = {"t", "active", "closed", "chunks", "attempted", "pending", "client_rss_bytes",
-          "server_rss_bytes", "server_cpu_percent"}
+SERIES = {"t", "active", "closed", "chunks", "attempted", "pending", "ramp_per_s",
+          "client_rss_bytes", "server_rss_bytes", "server_pss_bytes", "redis_rss_bytes",
+          "slab_bytes", "tcp_mem_bytes", "mem_available_bytes", "server_cpu_percent"}
 
 
 def bench(tmp_path, *extra: str) -> dict:
@@ -58,6 +61,7 @@ def check(doc: dict) -> None:
     assert FIGURES <= set(doc), FIGURES - set(doc)
     assert FANOUT <= set(doc["fanout"]), FANOUT - set(doc["fanout"])
     assert doc["series"] and SERIES <= set(doc["series"][-1])
+    check_series(doc["series"])
     assert doc["held"] == N and doc["closed"] == 0
     assert doc["fanout"]["answer"]["delivered"] == N
     assert doc["fanout"]["received"] == N and doc["fanout"]["all_received_ms"] is not None
@@ -65,6 +69,24 @@ def check(doc: dict) -> None:
     assert doc["server_rss_after"] > 0 and doc["server_pss_after"] > 0
     assert doc["client_rss_after"] > 0 and doc["client_processes"] == 1
     assert doc["accept_rate_per_s"] > 0
+    # the pre-check passed it, and its prediction is in the document
+    plan = doc["precheck"]
+    assert 0 < plan["predicted_bytes"] < plan["with_margin_bytes"] < plan["available_bytes"]
+    ends = 2 if "server_command" in doc else 1  # with --target only the flood's are checked
+    assert plan["terms"]["kernel slab"] == N * ends * 5 * 1024
+
+
+def check_series(series: list[dict], redis: bool = False) -> None:
+    """Every row has the memory by component and the ramp rate, each plausible."""
+    for row in series:
+        assert SERIES <= set(row), SERIES - set(row)
+        assert row["server_pss_bytes"] > 0 and row["slab_bytes"] > 0
+        assert 0 < row["mem_available_bytes"] < psutil.virtual_memory().total
+        assert row["server_pss_bytes"] <= row["server_rss_bytes"]
+        assert row["tcp_mem_bytes"] >= 0 and row["ramp_per_s"] >= 0
+        assert (row["redis_rss_bytes"] > 0) if redis else row["redis_rss_bytes"] is None
+    assert max(row["ramp_per_s"] for row in series) > 0          # the ramp is seen
+    assert series[-1]["client_rss_bytes"] > 0
 
 
 def test_bench_starts_the_server_and_reports_every_figure(tmp_path):
@@ -184,6 +206,7 @@ def test_bench_workers_with_its_own_redis_measures_every_process_and_leaves_none
     # its Redis: started, given to the server, measured before and with the 60 held
     assert REDIS <= set(doc), REDIS - set(doc)
     assert doc["redis_started"] and doc["redis_rss_from"] == "psutil"
+    check_series(doc["series"], redis=True)
     assert doc["server_command"][-2:] == ["--redis", doc["redis_url"]]
     assert stats_after["broker"]["kind"] == "redis"
     assert doc["redis_rss_before"] > 0 and doc["redis_rss_after"] > 0
@@ -219,6 +242,68 @@ def test_bench_workers_without_redis_is_refused_before_anything_starts(tmp_path)
     assert result.returncode == 2
     assert "--workers 2 needs --redis-server or --redis URL" in result.stderr
     assert not (tmp_path / "never.json").exists()
+
+
+def refused_bench(tmp_path, *argv: str) -> subprocess.CompletedProcess:
+    """Run a bench that its pre-check must refuse; prove that it started nothing.
+
+    Every process bench starts inherits its environment, so a process carrying this
+    run's mark is one it started (and left behind, if still there); and bench makes its
+    output directory before it starts anything, so a missing one means nothing started.
+    """
+    mark = f"comet-precheck-{uuid.uuid4()}"
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flood.bench", *argv, "--json", str(out / "never.json"),
+         "--plot", str(out / "never.png")], cwd=ROOT, text=True,
+        env={**os.environ, "COMET_TEST_MARK": mark},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # not refused: let it stop what it started (SIGTERM)
+            proc.terminate()
+            proc.communicate(timeout=60)
+    assert proc.returncode == 2, stdout + stderr
+    assert stderr.startswith("bench: refused before starting anything"), stderr
+    assert not out.exists()
+    assert not [p.pid for p in psutil.process_iter() if marked(p, mark)]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def marked(proc: psutil.Process, mark: str) -> bool:
+    try:
+        return proc.environ().get("COMET_TEST_MARK") == mark
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def test_fifty_million_are_refused_for_memory_with_the_fix_and_nothing_starts(tmp_path):
+    redis_binary_or_skip("redis-server")
+    result = refused_bench(tmp_path, "--connections", "50000000", "--workers", "3",
+                           "--redis-server")
+    lines = result.stderr.splitlines()
+    memory = next(line for line in lines if line.startswith("  memory: "))
+    assert "50,000,000 connections need" in memory and "available (MemAvailable)" in memory
+    assert "lower --connections to ~" in memory and memory.endswith("or free memory")
+    assert "what the run would take in memory:" in lines
+    assert any(line.startswith("  total while clients read") and "does NOT fit" in line
+               for line in lines)
+
+
+def test_too_few_source_addresses_are_refused_naming_source(tmp_path):
+    redis_binary_or_skip("redis-server")
+    per_address = ports_per_source(ephemeral_ports() or LINUX_EPHEMERAL_PORTS)
+    n = per_address + 1000  # one address more than --source gives
+    result = refused_bench(tmp_path, "--connections", str(n), "--workers", "2",
+                           "--redis-server", "--source", "127.0.0.2")
+    ports = [line for line in result.stderr.splitlines() if line.startswith("  ports: ")]
+    assert ports == [f"  ports: {n:,} connections need 2 source addresses ({per_address:,} "
+                     f"ephemeral ports each: net.ipv4.ip_local_port_range "
+                     f"{' '.join(map(str, ephemeral_ports() or LINUX_EPHEMERAL_PORTS))}), "
+                     "--source gives 1: --source 127.0.0.2-127.0.0.3, or 127.0.0.2-127.0.0.4 "
+                     "to keep each address under half the range, where connect() stays fast"]
+    assert "  memory: " not in result.stderr
 
 
 def test_bench_stopped_by_sigterm_stops_its_server_workers_and_redis(tmp_path):

@@ -75,7 +75,26 @@ def test_raise_open_files_limit_lifts_the_soft_limit_to_the_hard_one():
     assert got == [4096, [4096, 4096]]
 
 
-# -- sysctls and ephemeral ports ------------------------------------------------------------
+def test_files_system_wide_are_the_sockets_and_each_process_s_margin():
+    assert hostlimits.files_needed(2_000_000, 57, 51) == 2_000_000 + 57_000 + 51 * 64
+
+
+# -- sysctls, ephemeral ports, memory, backlog ---------------------------------------------------
+
+def test_files_in_use_and_memory_available_are_this_hosts(tmp_path):
+    nr = (Path("/proc/sys/fs/file-nr").read_text().split())
+    assert hostlimits.files_in_use() == pytest.approx(int(nr[0]), rel=0.5)
+    assert 0 < hostlimits.memory_available_kib() < 2 ** 40
+    (tmp_path / "meminfo").write_text("MemTotal:       24000000 kB\n")   # before Linux 3.14
+    assert hostlimits.memory_available_kib(tmp_path / "meminfo") is None
+    assert hostlimits.memory_available_kib(tmp_path / "absent") is None
+
+
+def test_the_backlog_holds_two_seconds_of_arrivals_never_more_than_will_come():
+    assert hostlimits.backlog_needed(3500, 1_000_000) == 7000
+    assert hostlimits.backlog_needed(2000, 200) == 200
+    assert hostlimits.backlog_needed(0.1, 10) == 1
+
 
 def test_read_sysctl_collapses_whitespace_and_says_none_when_absent(tmp_path):
     root = sys_tree(tmp_path, {"net.ipv4.tcp_mem": "1\t 2\t3\n"})
@@ -171,13 +190,19 @@ def test_hostlimits_imports_nothing_else_of_comet():
     assert comet_modules_after("import comet.hostlimits") == ["comet", "comet.hostlimits"]
 
 
-def test_flood_imports_only_hostlimits_of_comet():
+def test_capacity_imports_only_hostlimits_of_comet():
+    assert comet_modules_after("import comet.capacity") == \
+        ["comet", "comet.capacity", "comet.hostlimits"]
+
+
+def test_flood_imports_only_hostlimits_and_capacity_of_comet():
+    """bench's pre-check uses the capacity model; neither is the server's code."""
     loaded = comet_modules_after("""
 import importlib, pkgutil, flood
 for module in pkgutil.iter_modules(flood.__path__):
     importlib.import_module(f"flood.{module.name}")
 """)
-    assert loaded == ["comet", "comet.hostlimits"]
+    assert loaded == ["comet", "comet.capacity", "comet.hostlimits"]
 
 
 def test_the_server_imports_neither_tune_nor_capacity():

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from comet import capacity, hostlimits, tune
+from tests.million import MILLION
 from tests.procsys import write_tree
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,32 +181,20 @@ def test_capacity_plan_comes_from_bench_json(tmp_path):
     result = run_tune("--connections", "1000000", "--proc-sys", str(make_tree(tmp_path / "sys")),
                       "--from", str(bench), nofile=(20000, 20000))
     out = result.stdout
-    assert "server userland, events  1,000,000 x 3 KB = 2.86 GiB" in out
-    assert "server userland, test    1,000,000 x 2 KB = 1.91 GiB" in out
+    assert "server userland by path  events 3 KB, test 2 KB; poll, ws: not measured yet" in out
+    # the worst measured path, since tune does not know which the clients use
+    assert "server userland, events  1,000,000 x 3 KB = 2.86 GiB  [bench.json: " in out
     assert "1,000,000 sockets (server end) x 4 KB = 3.81 GiB" in out      # 8 KB over two ends
-    assert "total while clients read 6.68 GiB" in out
-    assert "server userland, poll, ws: not measured yet" in out
-    assert "server processes        53" in out                           # 1e6 / 19,000
-    assert "flood source addresses  16" in out                           # 1e6 / 64,512 ports
+    # 53 workers and their master over a Redis; the file has no figure for those: defaults
+    assert "Redis, per id            1,000,000 x 0.22 KB = 0.21 GiB  [default: " in out
+    assert "server processes' own    54 x 11.4 MiB = 0.60 GiB  [default: " in out
+    assert "Redis's own              1 x 15.4 MiB = 0.02 GiB" in out
+    assert "flood" not in out.split("Redis's own")[1].split("socket buffers")[0]  # elsewhere
+    assert "total while clients read 7.50 GiB; with the 10% margin 8.25 GiB" in out
+    assert "server processes         53" in out                          # 1e6 / 19,000
+    assert "flood source addresses   16" in out                          # 1e6 / 64,512 ports
     assert "flood processes: 51 (64 files kept each)" in out             # 1e6 / 19,936
     assert "more than one: --workers 53 --redis URL, one server through Redis" in out
-
-
-def test_capacity_defaults_are_the_measured_figures():
-    figures = capacity.DEFAULT_FIGURES
-    assert figures.server_kb == {"test": 16.9} and figures.kernel_kb_per_socket == 4.0
-    assert capacity.memory_needed_kib(figures, 10_000, loopback=True) == \
-        pytest.approx(10_000 * (16.9 + 8), abs=1)
-
-
-def test_flat_bench_json_is_one_transport_and_default_kernel(tmp_path):
-    bench = tmp_path / "bench.json"
-    bench.write_text(json.dumps({"server_kb_per_conn": 1.5}))
-    figures = capacity.load_figures(bench)
-    assert figures.server_kb == {"test": 1.5} and figures.kernel_kb_per_socket == 4.0
-    bench.write_text(json.dumps({"server_kb_per_conn": 1, "kernel_kb_per_conn": 5,
-                                 "loopback": False}))
-    assert capacity.load_figures(bench).kernel_kb_per_socket == 5.0
 
 
 @pytest.mark.parametrize("content, message", [
@@ -300,7 +289,9 @@ def test_memory_short_and_processes_beyond_cores_are_flagged():
     rows = {r.setting: r for r in tune.host_rows(tune.Target(1_000_000), capacity.DEFAULT_FIGURES,
                                                  available=1024 * 1024, hard=20000)}
     assert rows["memory available"].verdict == "SHORT"
-    assert rows["memory available"].needed == ">= 19.93 GiB"
+    # the worst path (poll, 0.9 KB), 1e6 server sockets x 5 KB, 53 workers + master, Redis:
+    # 6.45 GiB, and 10% more
+    assert rows["memory available"].needed == ">= 7.10 GiB"
     assert rows["cores"].needed == "53 process(es)"
 
 
@@ -311,14 +302,22 @@ def test_loopback_counts_both_ends_of_every_connection(tmp_path):
     assert "200,000 sockets (both ends: the flood runs here)" in result.stdout
 
 
-def test_flood_bench_json_fields_are_read(tmp_path):
-    bench = tmp_path / "bench.json"
-    bench.write_text(json.dumps({"server_kb_per_conn": 16.5, "slab_kb_per_conn": 7.5,
-                                 "tcp_mem_kb_per_conn": 0.5, "held": 10000}))
-    figures = capacity.load_figures(bench)
-    assert figures.server_kb == {"test": 16.5}
-    assert figures.kernel_kb_per_socket == 4.0                  # (7.5 + 0.5) over two ends
-    bench.write_text(json.dumps({"server_kb_per_conn": 16.5, "slab_kb_per_conn": -0.2,
-                                 "tcp_mem_kb_per_conn": 0}))
-    with pytest.raises(ValueError, match="must be a positive number"):
-        capacity.load_figures(bench)
+def test_the_plan_for_the_million_counts_every_part_and_says_where_each_is_from(tmp_path):
+    bench = tmp_path / "b1m.json"
+    bench.write_text(json.dumps(MILLION))
+    result = run_tune("--connections", "1000000", "--loopback", "--workers", "56", "--proc-sys",
+                      str(make_tree(tmp_path / "sys")), "--from", str(bench),
+                      nofile=(20000, 20000))
+    out = result.stdout
+    assert "57 server process(es), Redis, 51 flood processes here" in out
+    assert "server userland, test    1,000,000 x 0.428 KB = 0.41 GiB  " \
+           "[b1m.json: server_pss_kb_per_conn]" in out
+    assert "Redis, per id            1,000,000 x 0.222 KB = 0.21 GiB" in out
+    assert "flood, per connection    1,000,000 x 0.319 KB = 0.30 GiB" in out
+    assert "2,000,000 sockets (both ends: the flood runs here) x 5 KB = 9.54 GiB" in out
+    assert "server processes' own    57 x 11.4 MiB = 0.63 GiB" in out
+    assert "flood processes' own     51 x (25.9 MiB + 1,000,000 URLs x 0.102 KB) = 6.27 GiB" in out
+    assert "grows with connections   10.46 GiB" in out
+    assert "10.44 GiB grew for 998,466 held" in out and "this model there: 10.44 GiB" in out
+    assert "total while clients read 17.37 GiB; with the 10% margin 19.11 GiB" in out
+    assert "not measured yet" in out and "test: not measured" not in out  # stream is /test/
