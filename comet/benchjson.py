@@ -46,7 +46,8 @@ def _bench_processes(data: dict, name: str) -> dict:
     Redis and the flood per connection are its growth per held connection; a server
     process, its PSS before the flood over the processes; a flood process, its RSS when
     ready (URLs read) over the processes, split into the interpreter (the default
-    figure) and the URLs it read.
+    figure) and the URLs it read: its share (``flood_urls_per_process``), or the whole
+    file in runs from before the flood kept shares only (no such field).
     """
     found: dict[str, tuple[float, str]] = {}
     for key, figure in (("redis_kb_per_conn", "redis_kb"), ("client_kb_per_conn", "flood_kb")):
@@ -61,9 +62,10 @@ def _bench_processes(data: dict, name: str) -> dict:
                                             "connections_requested")):
         each = data["client_rss_before"] / data["client_processes"] / 1024
         base = min(DEFAULT_FIGURES.flood_process_kb, each)
-        found["flood_url_kb"] = ((each - base) / data["connections_requested"],
-                                 f"{name}: client_rss_before / client_processes / "
-                                 "connections_requested, less the interpreter")
+        urls = data.get("flood_urls_per_process") or data["connections_requested"]
+        found["flood_url_kb"] = ((each - base) / urls,
+                                 f"{name}: client_rss_before / client_processes, less the "
+                                 "interpreter, per URL a process read")
     return found
 
 

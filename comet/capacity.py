@@ -17,8 +17,8 @@ over its processes, which share pages), Redis per subscribed id when the server 
 several processes, the flood's record per connection when the flood runs here, and
 kernel slab per TCP socket (tcp sock, inode, file, dentry, epoll item), both ends of
 every connection when the flood runs here. Fixed: each server process's own PSS, Redis's
-own RSS, each flood process's own RSS, which holds the whole URL file (every flood
-process reads all of it and takes its share), so it too grows with N. Socket buffers
+own RSS, each flood process's own RSS, and the URLs: each flood process keeps its share
+of the URL file, so together they hold each URL once. Socket buffers
 cost nothing while clients read what they are sent; a client that stops reading pins
 what it was sent, up to the initial send buffer before the server drops it.
 """
@@ -70,7 +70,7 @@ class Figures:
     redis_process_kb: float = 0.0
     #: One flood process before it reads its URLs (RSS: the interpreter, gevent, flood).
     flood_process_kb: float = 0.0
-    #: Each URL of the run, in every flood process (each reads the whole URL file).
+    #: Each URL of the run, in the one flood process whose share it is.
     flood_url_kb: float = 0.0
     #: Where the figures come from, printed in the plan's title.
     source: str = ""
@@ -137,7 +137,7 @@ class Experiment:
     redis: bool = False
     #: ... and it is started for the experiment, so its own memory counts too.
     redis_started: bool = False
-    #: Flood processes on this host (every one reads the whole URL file); 0: clients elsewhere.
+    #: Flood processes on this host (each keeps its share of the URLs); 0: clients elsewhere.
     flood_processes: int = 0
     #: The clients' transport (the server's name); None: the worst measured.
     transport: str | None = None
@@ -205,10 +205,10 @@ def memory_terms(figures: Figures, exp: Experiment) -> list[Term]:
                           f"1 x {_mib(figures.redis_process_kb)}",
                           o.get("redis_process_kb", ""), False))
     if exp.flood_processes:
-        each = figures.flood_process_kb + n * figures.flood_url_kb
-        terms.append(Term("flood processes' own", exp.flood_processes * each,
-                          f"{exp.flood_processes} x ({_mib(figures.flood_process_kb)} + {n:,} "
-                          f"URLs x {figures.flood_url_kb:.3g} KB)",
+        terms.append(Term("flood processes' own",
+                          exp.flood_processes * figures.flood_process_kb + n * figures.flood_url_kb,
+                          f"{exp.flood_processes} x {_mib(figures.flood_process_kb)} + {n:,} "
+                          f"URLs x {figures.flood_url_kb:.3g} KB (each in one process's share)",
                           f"{o.get('flood_process_kb', '')}; {o.get('flood_url_kb', '')}", False))
     return terms
 

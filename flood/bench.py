@@ -154,6 +154,7 @@ class Bench:
                 args.fanout_timeout)
             self.result.update(measure.figures(before, after, ready, ramp, held, fan,
                                                server.pids, self.client_procs))
+            self.result["flood_urls_per_process"] = -(-args.connections // self.client_procs)
             if args.publish_rate:
                 self.result["per_user"] = publishing.per_user(
                     server.url, self.timeline, children, args.connections, args.publish_rate,

@@ -82,7 +82,8 @@ class Flood:
 
     def __init__(self, plan: Plan, urls: list[str], out: Callable[[str], None]) -> None:
         self.plan = plan
-        self.urls = urls  #: every URL of the file; this process uses its slice
+        #: this process's share: URL number index, index + count, ... of the whole flood
+        self.urls = urls
         self.counters = Counters()
         self.closed_lines = ClosedLines(out, plan.closed_lines)
         self.reader = Reader(self.counters, self.closed_lines, plan.unread)
@@ -102,13 +103,14 @@ class Flood:
         plan = self.plan
         wait = plan.wait_ms / 1000.0
         sources = plan.sources
-        for k in range(plan.index, len(self.urls), plan.count):
+        for j, url in enumerate(self.urls):
+            k = plan.index + j * plan.count  # its number in the whole flood's schedule
             if wait > 0:
                 delay = self.started + k * wait - time.time()
                 if delay > 0:
                     gevent.sleep(delay)
             source = sources[k % len(sources)] if sources else None
-            self.pool.spawn(self.connector.open, self.urls[k], source)
+            self.pool.spawn(self.connector.open, url, source)
 
     def _finished(self, ramp: gevent.Greenlet) -> bool:
         """Nothing left to do: every URL tried, none connecting, none held."""
@@ -149,7 +151,7 @@ def _write(obj: dict) -> None:
 
 def run_child(plan: Plan) -> int:
     """A child process of a multi-process flood: JSON lines out, SIGINT/SIGTERM end it cleanly."""
-    urls = load_urls(plan.url_file).urls
+    urls = load_urls(plan.url_file, plan.index, plan.count).urls
     flood = Flood(plan, urls, lambda text: _write({"ev": "line", "text": text}))
     gevent.signal_handler(signal.SIGINT, flood.stop)
     gevent.signal_handler(signal.SIGTERM, flood.stop)

@@ -61,7 +61,7 @@ def test_every_component_of_a_bench_on_one_host_is_a_term():
     assert kib["server userland, test"] == pytest.approx(1_000_000 * 0.43)
     assert kib["kernel slab"] == pytest.approx(2_000_000 * 5.0)        # both ends here
     assert kib["server processes' own"] == pytest.approx(57 * 11_700)
-    assert kib["flood processes' own"] == pytest.approx(51 * (26_500 + 1_000_000 * 0.102))
+    assert kib["flood processes' own"] == pytest.approx(51 * 26_500 + 1_000_000 * 0.102)
     assert all(t.origin for t in terms)
     assert capacity.memory_needed_kib(capacity.DEFAULT_FIGURES, Experiment(
         1_000_000, transport="test", **BENCH_SHAPE)) == pytest.approx(sum(kib.values()), abs=1)

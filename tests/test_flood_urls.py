@@ -81,3 +81,12 @@ def test_undecodable_bytes_are_a_bad_line_not_a_crash(tmp_path):
     got = urls.load_urls(str(path))
     assert got.urls == ["http://127.0.0.1:8000/test/1"]
     assert got.bad == 1
+
+
+def test_each_process_keeps_only_its_share_numbered_over_the_usable_urls(tmp_path):
+    path = tmp_path / "urls.txt"
+    good = [f"http://127.0.0.1:8000/test/{i}" for i in range(7)]
+    path.write_text("\n".join([good[0], "junk", good[1], "", *good[2:]]) + "\n")
+    shares = [urls.load_urls(str(path), index, 3).urls for index in range(3)]
+    assert shares == [good[0::3], good[1::3], good[2::3]]
+    assert sorted(sum(shares, [])) == sorted(good)
