@@ -75,16 +75,21 @@ class UrlList:
 def read_urls(lines: Iterable[str], index: int = 0, count: int = 1) -> UrlList:
     """Keep the usable URLs; a bad line is counted and never stops the flood.
 
-    With ``count`` > 1, only usable URL number ``index``, ``index + count``, ... is
-    kept (one flood process's share, numbered from 0 over the usable ones): a
-    million URLs cost each of 50 processes 128 MB when each kept them all.
+    With ``count`` > 1 this is one flood process's share: line number ``index``,
+    ``index + count``, ... of the lines that are not blank or comments, and only
+    those are checked (a bad one is skipped, and counted, by the process whose
+    share it is). A million URLs cost each of 50 processes 128 MB and 6 s of CPU
+    when each kept and checked them all.
     """
     result = UrlList()
-    usable = 0
+    candidate = -1
     for lineno, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             result.blank += 1
+            continue
+        candidate += 1
+        if candidate % count != index:
             continue
         try:
             parse_url(line)
@@ -93,9 +98,7 @@ def read_urls(lines: Iterable[str], index: int = 0, count: int = 1) -> UrlList:
             if len(result.bad_examples) < BAD_EXAMPLES:
                 result.bad_examples.append(f"line {lineno}: {exc}: {line[:80]!r}")
             continue
-        if usable % count == index:
-            result.urls.append(line)
-        usable += 1
+        result.urls.append(line)
     return result
 
 

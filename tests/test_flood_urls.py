@@ -83,10 +83,15 @@ def test_undecodable_bytes_are_a_bad_line_not_a_crash(tmp_path):
     assert got.bad == 1
 
 
-def test_each_process_keeps_only_its_share_numbered_over_the_usable_urls(tmp_path):
+def test_each_process_keeps_only_its_share_and_checks_only_that(tmp_path):
     path = tmp_path / "urls.txt"
     good = [f"http://127.0.0.1:8000/test/{i}" for i in range(7)]
-    path.write_text("\n".join([good[0], "junk", good[1], "", *good[2:]]) + "\n")
-    shares = [urls.load_urls(str(path), index, 3).urls for index in range(3)]
-    assert shares == [good[0::3], good[1::3], good[2::3]]
-    assert sorted(sum(shares, [])) == sorted(good)
+    lines = [good[0], "# comment", good[1], "", "junk", *good[2:]]
+    path.write_text("\n".join(lines) + "\n")
+    # the lines that are not blank or comments, numbered from 0: junk is number 2
+    candidates = [good[0], good[1], "junk", *good[2:]]
+    shares = [urls.load_urls(str(path), index, 3) for index in range(3)]
+    assert [share.urls for share in shares] == [candidates[0::3], candidates[1::3],
+                                                [u for u in candidates[2::3] if u != "junk"]]
+    assert [share.bad for share in shares] == [0, 0, 1]
+    assert sorted(sum((share.urls for share in shares), [])) == sorted(good)
