@@ -27,6 +27,12 @@ def publishing_line(p: dict) -> str:
             f"({p['closed_streams']:,} streams closed); {lat}")
 
 
+def tcp_events(during: dict) -> str:
+    """The kernel's TCP counters that moved during the ramp and hold (machine-wide)."""
+    moved = [f"{name} {count:,}" for name, count in during.items() if count]
+    return ", ".join(moved) if moved else "none"
+
+
 def rows(r: dict) -> list[tuple[str, str]]:
     """(figure, value) for one run."""
     rate = r["accept_rate_per_s"]
@@ -36,6 +42,7 @@ def rows(r: dict) -> list[tuple[str, str]]:
         ("connections requested", f"{r['connections_requested']} at {r['rate_requested']:g}/s"),
         ("held", f"{r['held']}"),
         ("closed", f"{r['closed']} {r['closed_reasons'] or ''}".strip()),
+        ("kernel TCP events", tcp_events(r.get("tcp_counters_during") or {})),
         ("accept rate", f"{rate:.0f} conn/s over {r['ramp_s']:.2f} s" if rate else "-"),
         ("server RSS", f"{r['server_rss_before'] / MB:.1f} -> {r['server_rss_after'] / MB:.1f} MB"
                        f" = {r['server_kb_per_conn']:.2f} KB/conn"

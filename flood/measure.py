@@ -267,6 +267,9 @@ def figures(before: dict, after: dict, ready: dict, ramp: dict, held: dict,
         "tcp_mem_kb_per_conn": ((ka["tcp_mem_pages"] or 0) - (kb["tcp_mem_pages"] or 0))
         * memory.PAGE / n / 1024,
         "tcp_inuse_before": kb["tcp_inuse"], "tcp_inuse_after": ka["tcp_inuse"],
+        "tcp_counters_during": {name: ka["tcp_counters"][name] - value
+                                for name, value in kb["tcp_counters"].items()
+                                if name in ka["tcp_counters"]},
         "client_processes": client_procs,
         "client_rss_before": ready["rss_bytes"], "client_rss_after": held["rss_bytes"],
         "client_kb_per_conn": (held["rss_bytes"] - ready["rss_bytes"]) / n / 1024,

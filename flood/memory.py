@@ -130,8 +130,35 @@ def tcp_buffers() -> dict:
     return out
 
 
+#: The kernel's TCP counters that say why connections were slow or lost: an accept
+#: queue full (the SYN or the handshake's last ACK dropped), SYNs sent again, timeouts.
+TCP_COUNTERS = {"TcpExt": ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "TCPTimeouts",
+                           "TCPAbortOnTimeout", "TCPReqQFullDrop", "TCPBacklogDrop"),
+                "Tcp": ("AttemptFails", "EstabResets", "RetransSegs")}
+
+
+def tcp_counters() -> dict[str, int]:
+    """:data:`TCP_COUNTERS` from /proc/net/netstat and /proc/net/snmp (machine-wide)."""
+    found: dict[str, int] = {}
+    for path in ("/proc/net/netstat", "/proc/net/snmp"):
+        try:
+            with open(path) as fh:
+                lines = fh.read().splitlines()
+        except OSError:
+            continue
+        for names, values in zip(lines[::2], lines[1::2], strict=False):
+            group, _, heads = names.partition(":")
+            wanted = TCP_COUNTERS.get(group, ())
+            for name, value in zip(heads.split(), values.partition(":")[2].split(),
+                                   strict=False):
+                if name in wanted:
+                    found[name] = int(value)
+    return found
+
+
 def kernel() -> dict:
-    """Slab and socket memory now, for a before/after difference."""
+    """Slab, socket memory and TCP counters now, for a before/after difference."""
     tcp = sockstat()
     return {"slab_bytes": slab_bytes(), "tcp_inuse": tcp.get("inuse"),
-            "tcp_mem_pages": tcp.get("mem"), "tcp_tw": tcp.get("tw")}
+            "tcp_mem_pages": tcp.get("mem"), "tcp_tw": tcp.get("tw"),
+            "tcp_counters": tcp_counters()}

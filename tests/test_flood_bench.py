@@ -30,7 +30,7 @@ FIGURES = {
     "workers",
     "slab_before", "slab_after", "slab_kb_per_conn",
     "tcp_mem_pages_before", "tcp_mem_pages_after", "tcp_mem_kb_per_conn",
-    "tcp_inuse_before", "tcp_inuse_after",
+    "tcp_inuse_before", "tcp_inuse_after", "tcp_counters_during",
     "client_processes", "client_rss_before", "client_rss_after", "client_kb_per_conn",
     "server_stats_after", "fanout", "series", "plot",
 }
@@ -69,6 +69,7 @@ def check(doc: dict) -> None:
     assert doc["server_rss_after"] > 0 and doc["server_pss_after"] > 0
     assert doc["client_rss_after"] > 0 and doc["client_processes"] == 1
     assert doc["accept_rate_per_s"] > 0
+    assert {"ListenOverflows", "TCPSynRetrans"} <= set(doc["tcp_counters_during"])
     # the pre-check passed it, and its prediction is in the document
     plan = doc["precheck"]
     assert 0 < plan["predicted_bytes"] < plan["with_margin_bytes"] < plan["available_bytes"]
