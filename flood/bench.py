@@ -178,6 +178,8 @@ class Bench:
                 os.unlink(url_file)
         self.result["server_pids_seen"] = list(server.seen)
         self.result["series"] = self.timeline.series
+        self.result["whole"] = measure.whole_experiment(self.result.get("precheck"),
+                                                        self.timeline.series)
         return self.result
 
 

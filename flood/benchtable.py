@@ -10,6 +10,9 @@ from __future__ import annotations
 MB = 1e6
 
 
+GIB = 1024 ** 3
+
+
 def progress(phase: str, total: dict, connections: int, rate: float, row: dict) -> str:
     """The live line while ramping and holding: the flood's ``total``, the latest ``row``."""
     return (f"{phase}: {total['active']}/{connections} active, "
@@ -71,6 +74,13 @@ def rows(r: dict) -> list[tuple[str, str]]:
         if len(each) > 1:
             out.append(("each broadcast, all in", ", ".join(
                 "-" if t is None else f"{t:.0f}" for t in each) + " ms"))
+    if r.get("whole"):
+        w = r["whole"]
+        error = w["model_error_percent"]
+        out.append(("whole run's memory", f"{w['used_bytes'] / GIB:.2f} GiB at most "
+                                          "(MemAvailable before it, less its lowest); "
+                                          f"the model said {w['predicted_bytes'] / GIB:.2f} GiB"
+                                          + ("" if error is None else f" ({error:+.1f}%)")))
     if r.get("per_user"):
         out.append(("per-user messages", publishing_line(r["per_user"])))
     if r.get("churn"):

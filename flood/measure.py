@@ -281,3 +281,23 @@ def figures(before: dict, after: dict, ready: dict, ramp: dict, held: dict,
 def _kb_per_conn(before: int | None, after: int | None, n: int) -> float | None:
     """The growth per connection in KB, or None where a reading is missing."""
     return None if before is None or after is None else (after - before) / n / 1024
+
+
+def whole_experiment(precheck: dict | None, series: list[dict]) -> dict | None:
+    """The whole run's memory: MemAvailable before anything started (the pre-check's
+    reading) less its lowest sample, beside what the capacity model predicted.
+
+    Machine-wide, so it counts every process the run started, the kernel's part of
+    each connection and anything else that ran meanwhile.
+    """
+    lows = [row["mem_available_bytes"] for row in series if row.get("mem_available_bytes")]
+    if not precheck or not precheck.get("available_bytes") or not lows:
+        return None
+    used = precheck["available_bytes"] - min(lows)
+    predicted = precheck["predicted_bytes"]
+    return {"available_before_bytes": precheck["available_bytes"],
+            "available_lowest_bytes": min(lows), "used_bytes": used,
+            "predicted_bytes": predicted,
+            "model_error_percent": round(100.0 * (predicted - used) / used, 1) if used > 0
+            else None}
+

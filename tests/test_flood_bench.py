@@ -70,6 +70,10 @@ def check(doc: dict) -> None:
     assert doc["client_rss_after"] > 0 and doc["client_processes"] == 1
     assert doc["accept_rate_per_s"] > 0
     assert {"ListenOverflows", "TCPSynRetrans"} <= set(doc["tcp_counters_during"])
+    whole = doc["whole"]  # MemAvailable before anything started, less its lowest
+    assert whole["available_before_bytes"] == doc["precheck"]["available_bytes"]
+    assert whole["available_lowest_bytes"] == min(r["mem_available_bytes"] for r in doc["series"])
+    assert whole["predicted_bytes"] == doc["precheck"]["predicted_bytes"] > 0
     # the pre-check passed it, and its prediction is in the document
     plan = doc["precheck"]
     assert 0 < plan["predicted_bytes"] < plan["with_margin_bytes"] < plan["available_bytes"]
