@@ -28,6 +28,15 @@ def test_a_started_redis_answers_without_persistence_and_stop_leaves_nothing(sta
         assert client.info("server")["process_id"] == started.pid
         assert client.config_get("save") == {"save": ""}
         assert client.config_get("appendonly") == {"appendonly": "no"}
+        # conf/redis.conf's stream node size, and what it buys: a stream with one
+        # message costs about a third of what Redis's default 4096 makes it cost
+        assert client.config_get("stream-node-max-bytes") == {
+            "stream-node-max-bytes": str(redisproc.STREAM_NODE_MAX_BYTES)}
+        before = client.info("memory")["used_memory"]
+        for i in range(1000):
+            client.xadd(f"comet:{{{i}}}:h", {"d": f"msg {i} ts=1764540000.123456"})
+        per_stream = (client.info("memory")["used_memory"] - before) / 1000
+        assert per_stream < 2048, per_stream
     finally:
         client.close()
     workdir, pid = started.dir, started.pid
@@ -126,3 +135,10 @@ def test_ids_from_a_stats_answer_missing_a_worker_are_not_divided_by():
 ])
 def test_a_password_in_the_url_is_never_shown(url, shown):
     assert redisproc.redacted(url) == shown
+
+
+def test_conf_redis_conf_sets_what_the_bench_starts_redis_with():
+    conf = open(os.path.join(os.path.dirname(__file__), "..", "conf", "redis.conf")).read()
+    lines = [line.split() for line in conf.splitlines() if line and not line.startswith("#")]
+    assert ["stream-node-max-bytes", str(redisproc.STREAM_NODE_MAX_BYTES)] in lines
+

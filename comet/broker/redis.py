@@ -44,7 +44,7 @@ from redis.exceptions import RedisError
 from comet.broker import BrokerUnavailable, Deliver, Held, Message, Replay
 from comet.broker.coalesce import Coalescer
 from comet.broker.pubsublink import PING_INTERVAL, SUBSCRIBE_WAIT, PubSubLink, Waiters
-from comet.broker.redisbase import RedisBrokerBase, read_replay
+from comet.broker.redisbase import RedisBrokerBase, advise_stream_nodes, read_replay
 from comet.broker.redisscripts import (
     BROADCAST,
     PUBLISH,
@@ -141,6 +141,7 @@ class RedisBroker(RedisBrokerBase):
 
         self.reach(attempt, "Redis")
         log.info("Redis broker at %s (epoch %s)", self.where, self.epoch)
+        advise_stream_nodes(self._client.config_get, self.where)
         self._link.start_reading()
         self._pinger = gevent.spawn(self._ping_forever)
 

@@ -28,6 +28,28 @@ log = logging.getLogger(__name__)
 #: Redis commands in flight at once from one process, unless the URL's max_connections says
 POOL_SIZE = 32
 
+#: conf/redis.conf's stream node size; above it every id with history costs more
+STREAM_NODE_ADVISED = 1024
+
+
+def advise_stream_nodes(config_get: Callable[[str], dict], where: str) -> int | None:
+    """Log once if Redis preallocates big stream nodes; the size, or None if unknown.
+
+    Every id that was sent a message keeps a stream for ``--history-ttl``, and
+    Redis 7 preallocates a stream's first node to ``stream-node-max-bytes``
+    (4096 by default, at most 4096): 4.4 KB per id even for one short message,
+    1.3 KB at 1024. A managed Redis may refuse CONFIG: then nothing is said.
+    """
+    try:
+        size = int(config_get("stream-node-max-bytes").get("stream-node-max-bytes"))
+    except (RedisError, OSError, TypeError, ValueError):
+        return None
+    if size > STREAM_NODE_ADVISED:
+        log.warning("Redis at %s has stream-node-max-bytes %d: each id with history costs "
+                    "about 4.4 KB of Redis memory; %d (conf/redis.conf) makes it 1.3 KB",
+                    where, size, STREAM_NODE_ADVISED)
+    return size
+
 
 class ReplayAnswer(NamedTuple):
     """What a replay script answered (``{epoch, last, missed, after, seq1, data1, ...}``)."""
