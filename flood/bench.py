@@ -118,7 +118,7 @@ class Bench:
                            date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                            connections_requested=args.connections, rate_requested=args.rate,
                            workers=args.workers, precheck=getattr(args, "precheck", None),
-                           tcp=memory.tcp_buffers())
+                           tcp=memory.tcp_buffers(), meminfo_before=memory.meminfo())
         children = None
         fd, url_file = tempfile.mkstemp(prefix="bench-urls-", suffix=".txt")
         try:
@@ -178,7 +178,8 @@ class Bench:
                 os.unlink(url_file)
         self.result["server_pids_seen"] = list(server.seen)
         self.result["series"] = self.timeline.series
-        self.result["whole"] = measure.whole_experiment(self.result.get("precheck"),
+        self.result["whole"] = measure.whole_experiment(self.result["meminfo_before"],
+                                                        self.result.get("precheck"),
                                                         self.timeline.series)
         return self.result
 

@@ -77,10 +77,13 @@ def rows(r: dict) -> list[tuple[str, str]]:
     if r.get("whole"):
         w = r["whole"]
         error = w["model_error_percent"]
+        fell = w.get("available_fell_bytes")
         out.append(("whole run's memory", f"{w['used_bytes'] / GIB:.2f} GiB at most "
-                                          "(MemAvailable before it, less its lowest); "
-                                          f"the model said {w['predicted_bytes'] / GIB:.2f} GiB"
-                                          + ("" if error is None else f" ({error:+.1f}%)")))
+                                          "(MemTotal - MemFree - Buffers - Cached, from before "
+                                          f"it); the model said {w['predicted_bytes'] / GIB:.2f} "
+                                          "GiB" + ("" if error is None else f" ({error:+.1f}%)")
+                                          + ("" if fell is None else
+                                             f"; MemAvailable fell {fell / GIB:.2f} GiB")))
     if r.get("per_user"):
         out.append(("per-user messages", publishing_line(r["per_user"])))
     if r.get("churn"):

@@ -110,7 +110,8 @@ class Timeline:
         return {"server_pss_bytes": pss, "redis_rss_bytes": self.redis_rss(),
                 "slab_bytes": kernel.get("Slab"),
                 "tcp_mem_bytes": (memory.sockstat().get("mem") or 0) * memory.PAGE,
-                "mem_available_bytes": kernel.get("MemAvailable")}
+                "mem_available_bytes": kernel.get("MemAvailable"),
+                "mem_used_bytes": memory.used(kernel)}
 
     def redis_rss(self) -> int | None:
         pid = self.server.redis_pid
@@ -283,21 +284,27 @@ def _kb_per_conn(before: int | None, after: int | None, n: int) -> float | None:
     return None if before is None or after is None else (after - before) / n / 1024
 
 
-def whole_experiment(precheck: dict | None, series: list[dict]) -> dict | None:
-    """The whole run's memory: MemAvailable before anything started (the pre-check's
-    reading) less its lowest sample, beside what the capacity model predicted.
+def whole_experiment(before: dict, precheck: dict | None, series: list[dict]) -> dict | None:
+    """The whole run's memory, beside what the capacity model predicted (the pre-check's).
 
-    Machine-wide, so it counts every process the run started, the kernel's part of
-    each connection and anything else that ran meanwhile.
+    ``before`` is /proc/meminfo before the run started anything. The run used
+    what :func:`flood.memory.used` grew to at its highest (every process the run
+    started, the kernel's part of each connection, and anything else that ran
+    meanwhile: it is machine-wide); the kernel's ``MemAvailable`` fell by less
+    (it counts half of the sockets' reclaimable slab as free), also given.
     """
+    highs = [row["mem_used_bytes"] for row in series if row.get("mem_used_bytes")]
     lows = [row["mem_available_bytes"] for row in series if row.get("mem_available_bytes")]
-    if not precheck or not precheck.get("available_bytes") or not lows:
+    start = memory.used(before)
+    if not precheck or start is None or not highs:
         return None
-    used = precheck["available_bytes"] - min(lows)
+    grew = max(highs) - start
     predicted = precheck["predicted_bytes"]
-    return {"available_before_bytes": precheck["available_bytes"],
-            "available_lowest_bytes": min(lows), "used_bytes": used,
+    return {"used_before_bytes": start, "used_highest_bytes": max(highs), "used_bytes": grew,
+            "available_before_bytes": before.get("MemAvailable"),
+            "available_lowest_bytes": min(lows) if lows else None,
+            "available_fell_bytes": before["MemAvailable"] - min(lows)
+            if lows and before.get("MemAvailable") else None,
             "predicted_bytes": predicted,
-            "model_error_percent": round(100.0 * (predicted - used) / used, 1) if used > 0
+            "model_error_percent": round(100.0 * (predicted - grew) / grew, 1) if grew > 0
             else None}
-

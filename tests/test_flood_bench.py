@@ -13,6 +13,7 @@ import pytest
 
 import comet.server  # noqa: F401  (a broken server is a collection error here, never a skip)
 from comet.hostlimits import LINUX_EPHEMERAL_PORTS, ephemeral_ports, ports_per_source
+from flood import memory
 from tests.floodservers import ROOT
 from tests.realserver import free_port
 from tests.redisservers import redis_binary_or_skip
@@ -70,8 +71,10 @@ def check(doc: dict) -> None:
     assert doc["client_rss_after"] > 0 and doc["client_processes"] == 1
     assert doc["accept_rate_per_s"] > 0
     assert {"ListenOverflows", "TCPSynRetrans"} <= set(doc["tcp_counters_during"])
-    whole = doc["whole"]  # MemAvailable before anything started, less its lowest
-    assert whole["available_before_bytes"] == doc["precheck"]["available_bytes"]
+    whole = doc["whole"]  # memory in use (not page cache) from before the run to its highest
+    assert whole["used_before_bytes"] == memory.used(doc["meminfo_before"])
+    assert whole["used_highest_bytes"] == max(r["mem_used_bytes"] for r in doc["series"])
+    assert whole["used_bytes"] == whole["used_highest_bytes"] - whole["used_before_bytes"]
     assert whole["available_lowest_bytes"] == min(r["mem_available_bytes"] for r in doc["series"])
     assert whole["predicted_bytes"] == doc["precheck"]["predicted_bytes"] > 0
     # the pre-check passed it, and its prediction is in the document
