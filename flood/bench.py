@@ -43,6 +43,21 @@ from flood.transport import TRANSPORTS
 from flood.urls import generate
 from flood.worker import Plan
 
+#: connections being opened at once over all the flood processes, by default
+CONNECTS_IN_FLIGHT = 2048
+
+
+def connects_at_once(processes: int) -> int:
+    """Each flood process's share of :data:`CONNECTS_IN_FLIGHT` (16 to 256 each).
+
+    What is in flight waits in the server's accept queues: at a million, 51
+    processes of 256 kept ~12,000 there, ~4 s of the server's pace, and a
+    worker that paused for a few seconds pushed some past the flood's 10 s
+    timeout. 2,048 in all is ~0.6 s at 3,200 connections a second, still far
+    more than the ramp needs in flight.
+    """
+    return max(16, min(256, CONNECTS_IN_FLIGHT // processes))
+
 
 class Bench:
     """One benchmark run; every figure lands in :attr:`result` (the JSON document)."""
@@ -60,12 +75,14 @@ class Bench:
         """Start the flood processes and sample until every connection was tried."""
         args = self.args
         nofile = raise_open_files_limit()
-        plan = Plan(url_file=url_file, wait_ms=1000.0 / args.rate, start_at=time.time() + 1.0,
-                    sources=parse_sources(args.source) if args.source else [],
-                    concurrency=args.concurrency, emit_every=SAMPLE, closed_lines=5,
-                    transport=args.transport, unread=args.unread)
         self.client_procs = args.procs or processes_needed(args.connections, nofile,
                                                            FLOOD_FD_MARGIN)
+        concurrency = args.concurrency or connects_at_once(self.client_procs)
+        self.result["flood_concurrency"] = concurrency
+        plan = Plan(url_file=url_file, wait_ms=1000.0 / args.rate, start_at=time.time() + 1.0,
+                    sources=parse_sources(args.source) if args.source else [],
+                    concurrency=concurrency, emit_every=SAMPLE, closed_lines=5,
+                    transport=args.transport, unread=args.unread)
         children = Children(plan, self.client_procs, self.timeline.log)
         children.start()
         while not children.all_ready():
@@ -229,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-pid", type=int, help="with --target: its pid, for memory figures")
     p.add_argument("--procs", type=int, help="flood processes (default: as the count needs)")
     p.add_argument("--source", help="flood source addresses, as flood --source")
-    p.add_argument("--concurrency", type=int, default=256, help="connects at once per process")
+    p.add_argument("--concurrency", type=int,
+                   help="connects at once per flood process (default: 2,048 over all of them, "
+                        "16 to 256 each)")
     p.add_argument("--publish-rate", type=float, metavar="R",
                    help="after the broadcasts, R messages/s each to one random held id "
                         "(flood.msggen), and what arrived: latency, loss")
@@ -281,6 +300,8 @@ def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpars
     if taken:
         parser.error(f"{', '.join(sorted(taken))} in --server-args: give bench's own flag, "
                      "so that it measures (and starts) what the server uses")
+    if args.concurrency is not None and args.concurrency < 1:
+        parser.error("--concurrency must be positive")
     if args.publish_rate is not None and (args.publish_rate <= 0 or args.publish_for <= 0
                                           or args.publish_batch < 1
                                           or args.publish_concurrency < 1):

@@ -356,8 +356,17 @@ def test_bench_publishes_to_each_user_and_counts_what_arrived(tmp_path):
 
 def test_bench_publish_options_are_checked_before_anything_starts(tmp_path):
     for extra, says in ((["--publish-rate", "0"], "must be positive"),
+                        (["--concurrency", "0"], "--concurrency must be positive"),
                         (["--publish-rate", "10", "--unread"], "nobody reads")):
         result = subprocess.run([sys.executable, "-m", "flood.bench", "--connections", "10",
                                  "--no-plot", *extra], cwd=ROOT, capture_output=True,
                                 text=True, timeout=30)
         assert result.returncode == 2 and says in result.stderr, result.stderr
+
+
+def test_connections_in_flight_are_bounded_over_all_flood_processes():
+    from flood.bench import CONNECTS_IN_FLIGHT, connects_at_once
+    assert connects_at_once(1) == 256                     # a small run: as the flood's own
+    assert connects_at_once(51) == CONNECTS_IN_FLIGHT // 51 == 40   # the million
+    assert connects_at_once(500) == 16
+
