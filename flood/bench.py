@@ -44,17 +44,18 @@ from flood.urls import generate
 from flood.worker import Plan
 
 #: connections being opened at once over all the flood processes, by default
-CONNECTS_IN_FLIGHT = 2048
+CONNECTS_IN_FLIGHT = 4096
 
 
 def connects_at_once(processes: int) -> int:
     """Each flood process's share of :data:`CONNECTS_IN_FLIGHT` (16 to 256 each).
 
     What is in flight waits in the server's accept queues: at a million, 51
-    processes of 256 kept ~12,000 there, ~4 s of the server's pace, and a
-    worker that paused for a few seconds pushed some past the flood's 10 s
-    timeout. 2,048 in all is ~0.6 s at 3,200 connections a second, still far
-    more than the ramp needs in flight.
+    processes of 256 kept ~12,000 there, ~4 s of the server's pace, and in one
+    run of four a worker's pause pushed 1,145 past the flood's 10 s timeout.
+    With 2,048 in all none closed, but the ramp slowed to 2,958/s: a handshake
+    at a million on two cores takes longer than 0.6 s. 4,096 is ~1.3 s of
+    waiting at 3,200 a second.
     """
     return max(16, min(256, CONNECTS_IN_FLIGHT // processes))
 
@@ -247,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--procs", type=int, help="flood processes (default: as the count needs)")
     p.add_argument("--source", help="flood source addresses, as flood --source")
     p.add_argument("--concurrency", type=int,
-                   help="connects at once per flood process (default: 2,048 over all of them, "
+                   help="connects at once per flood process (default: 4,096 over all of them, "
                         "16 to 256 each)")
     p.add_argument("--publish-rate", type=float, metavar="R",
                    help="after the broadcasts, R messages/s each to one random held id "

@@ -63,10 +63,18 @@ class SseDecoder(ChunkedDecoder):
             piece = piece[1:]
         self._skip_lf = piece[-1:] == b"\r"
         text = self._partial + piece if self._partial else piece
-        lines = _BREAK.split(text)
+        if b"\r" in text:
+            lines = _BREAK.split(text)
+        else:  # the usual case, LF only: a plain split, and one UTF-8 check for all
+            lines = text.split(b"\n")
         self._partial = lines.pop()
         if len(self._partial) > MAX_LINE:
             raise SseError("event-stream line too long")
+        try:
+            text[:len(text) - len(self._partial)].decode("utf-8")
+        except UnicodeDecodeError:
+            bad = next(line for line in lines if not _utf8(line))
+            raise SseError(f"event-stream line is not UTF-8 {bad[:40]!r}") from None
         for line in lines:
             self._field(line, events)
 
@@ -76,10 +84,6 @@ class SseDecoder(ChunkedDecoder):
                 events.append(self._data[:-1])
                 self._data = b""
             return
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SseError(f"event-stream line is not UTF-8 {line[:40]!r}") from None
         if line[0] == 58:  # b":" a comment
             return
         name, colon, value = line.partition(b":")
@@ -90,3 +94,11 @@ class SseDecoder(ChunkedDecoder):
                 raise SseError("event data too large")
             self._data += value + b"\n"
         # id, event, retry and unknown fields carry no message for the flood
+
+
+def _utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -367,6 +367,6 @@ def test_bench_publish_options_are_checked_before_anything_starts(tmp_path):
 def test_connections_in_flight_are_bounded_over_all_flood_processes():
     from flood.bench import CONNECTS_IN_FLIGHT, connects_at_once
     assert connects_at_once(1) == 256                     # a small run: as the flood's own
-    assert connects_at_once(51) == CONNECTS_IN_FLIGHT // 51 == 40   # the million
-    assert connects_at_once(500) == 16
+    assert connects_at_once(51) == CONNECTS_IN_FLIGHT // 51 == 80   # the million
+    assert connects_at_once(1000) == 16
 
