@@ -60,6 +60,13 @@ def connects_at_once(processes: int) -> int:
     return max(16, min(256, CONNECTS_IN_FLIGHT // processes))
 
 
+def ramp_eta(total: dict, connections: int, elapsed: float) -> float | None:
+    """Seconds until every connection was tried, at the pace of the ramp so far."""
+    if elapsed <= 0 or total["attempted"] <= 0:
+        return None
+    return (connections - total["attempted"]) / (total["attempted"] / elapsed)
+
+
 class Bench:
     """One benchmark run; every figure lands in :attr:`result` (the JSON document)."""
 
@@ -92,14 +99,15 @@ class Bench:
                 raise SystemExit("bench: the flood processes exited before starting")
         ready = stats.sum_snapshots([c.ready for c in children.children])
         deadline = time.time() + 1.0 + args.connections / args.rate * 3 + 30
-        last = (time.time(), 0)
+        began = last = (time.time(), 0)
         while time.time() < deadline:
             gevent.sleep(SAMPLE)
             total = self.timeline.sample(children)
             now = time.time()
             rate = (total["connected"] - last[1]) / (now - last[0])
             last = (now, total["connected"])
-            self.timeline.show("ramp", total, rate)
+            eta = ramp_eta(total, args.connections, now - began[0])
+            self.timeline.show("ramp", total, rate, eta)
             if total["attempted"] >= args.connections and total["pending"] == 0:
                 break
         return children, ready

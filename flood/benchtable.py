@@ -13,12 +13,20 @@ MB = 1e6
 GIB = 1024 ** 3
 
 
-def progress(phase: str, total: dict, connections: int, rate: float, row: dict) -> str:
-    """The live line while ramping and holding: the flood's ``total``, the latest ``row``."""
+def progress(phase: str, total: dict, connections: int, rate: float, row: dict,
+             eta: float | None = None) -> str:
+    """The live line while ramping and holding: the flood's ``total``, the latest ``row``,
+    and while ramping the time left at the pace so far."""
+    left = f", ETA {_duration(eta)}" if eta is not None else ""
     return (f"{phase}: {total['active']}/{connections} active, "
-            f"{total['closed']} closed, {rate:.0f} conn/s, server RSS "
+            f"{total['closed']} closed, {rate:.0f} conn/s{left}, server RSS "
             f"{row['server_rss_bytes'] / MB:.1f} MB, "
             f"CPU {row['server_cpu_percent']:.0f}%")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def publishing_line(p: dict) -> str:

@@ -140,9 +140,9 @@ class Timeline:
         self._cpu_procs = now
         return total
 
-    def show(self, phase: str, total: dict, rate: float) -> None:
+    def show(self, phase: str, total: dict, rate: float, eta: float | None = None) -> None:
         """Redraw the progress line on a terminal; elsewhere print it once a second."""
-        text = benchtable.progress(phase, total, self.connections, rate, self.series[-1])
+        text = benchtable.progress(phase, total, self.connections, rate, self.series[-1], eta)
         if self.progress:
             sys.stderr.write("\r\x1b[K" + text)
             sys.stderr.flush()

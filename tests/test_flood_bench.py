@@ -370,3 +370,16 @@ def test_connections_in_flight_are_bounded_over_all_flood_processes():
     assert connects_at_once(51) == CONNECTS_IN_FLIGHT // 51 == 80   # the million
     assert connects_at_once(1000) == 16
 
+
+
+def test_the_ramp_line_says_how_long_is_left_at_the_pace_so_far():
+    from flood.bench import ramp_eta
+    from flood.benchtable import progress
+    total = {"active": 300_000, "closed": 0, "attempted": 320_000}
+    eta = ramp_eta(total, 1_000_000, 100.0)                  # 3,200 tried a second so far
+    assert eta == pytest.approx(212.5)
+    assert ramp_eta({"attempted": 0}, 1_000_000, 1.0) is None
+    row = {"server_rss_bytes": 2_000_000_000, "server_cpu_percent": 93.0}
+    line = progress("ramp", total, 1_000_000, 3_150.0, row, eta)
+    assert line.startswith("ramp: 300000/1000000 active, 0 closed, 3150 conn/s, ETA 3m32s,")
+    assert "ETA" not in progress("hold", total, 1_000_000, 0.0, row)
