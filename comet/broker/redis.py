@@ -292,7 +292,9 @@ class RedisBroker(RedisBrokerBase):
             self._deliver(None, Message(epoch, seq, data))
             return
         id = self._id_of(chan)
-        if id is not None:  # an id with no connection here any more finds none
+        # only ids still held here: one whose UNSUBSCRIBE is on its way (or not yet
+        # sent) may still get a message, which must not reach the hub as if it were
+        if id is not None and id in self.held():
             self._deliver(id, Message(epoch, seq, data))
 
     def _epoch_changed(self, epoch: str) -> None:
