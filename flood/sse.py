@@ -59,6 +59,11 @@ class SseDecoder(ChunkedDecoder):
         return events
 
     def _lines(self, piece: bytes, events: list[bytes]) -> None:
+        if (not self._partial and not self._data and not self._skip_lf
+                and piece[-2:] == b"\n\n" and b"\r" not in piece and b"\n\n\n" not in piece
+                and _utf8(piece)):
+            _whole_events(piece, events)  # what the server sends: whole events, LF only
+            return
         if self._skip_lf and piece[:1] == b"\n":
             piece = piece[1:]
         self._skip_lf = piece[-1:] == b"\r"
@@ -94,6 +99,26 @@ class SseDecoder(ChunkedDecoder):
                 raise SseError("event data too large")
             self._data += value + b"\n"
         # id, event, retry and unknown fields carry no message for the flood
+
+
+def _whole_events(piece: bytes, events: list[bytes]) -> None:
+    """Whole events, as :meth:`SseDecoder._lines` would read them, without its per-line
+    steps: ``piece`` ends an event, has no CR and no empty event in it, and is UTF-8."""
+    for block in piece[:-2].split(b"\n\n"):
+        data = None
+        for line in block.split(b"\n"):
+            if line[:4] != b"data":
+                continue
+            name, colon, value = line.partition(b":")
+            if name != b"data":
+                continue
+            if colon and value[:1] == b" ":
+                value = value[1:]
+            data = value if data is None else data + b"\n" + value
+            if len(data) > MAX_EVENT:
+                raise SseError("event data too large")
+        if data is not None:
+            events.append(data)
 
 
 def _utf8(line: bytes) -> bool:

@@ -38,6 +38,21 @@ def test_sse_counts_events_with_data_only_whatever_the_split(size):
     assert events == [b"one", b"two\nlines", b"no space", b"split over chunks"]
 
 
+WHOLE_EVENTS = [b"id: e-1\ndata: one\n\n", b"data: two\ndata: lines\n\nid: x\n\n",
+                b": heartbeat\ndata\n\n", b"data:no space\nevent: e\ndatum: no\n\n",
+                b"retry: 10\n\ndata: a\n\ndata: b\n\n", b"data: caf\xc3\xa9\n\n"]
+
+
+@pytest.mark.parametrize("piece", WHOLE_EVENTS)
+def test_sse_whole_events_in_one_chunk_read_as_line_by_line(piece):
+    """The fast path (whole events, LF only) gives what the line-by-line path gives."""
+    whole = SseDecoder().feed(chunk(piece))
+    assert whole  # every piece above carries at least one message
+    for cut in range(1, len(piece)):  # in two chunks: the first ends mid-event, line by line
+        decoder = SseDecoder()
+        assert decoder.feed(chunk(piece[:cut]) + chunk(piece[cut:])) == whole, cut
+
+
 def test_sse_crlf_split_between_chunks_is_one_line_end():
     decoder = SseDecoder()
     assert decoder.feed(chunk(b"data: a\r")) == []
