@@ -122,16 +122,25 @@ def files_in_use(proc_sys: str | Path = PROC_SYS) -> int | None:
     return int(words[0]) if words and words[0].isdigit() else None
 
 
+def kib_fields(path: str | Path, *names: str) -> dict[str, int]:
+    """``Name:   N kB`` lines of a /proc file (meminfo, smaps_rollup) in KiB, by name;
+    raises OSError when it cannot be read."""
+    found = {}
+    with open(path) as fh:
+        for line in fh:
+            name, _, rest = line.partition(":")
+            if name in names:
+                found[name] = int(rest.split()[0])
+    return found
+
+
 def memory_available_kib(meminfo: str | Path = MEMINFO) -> int | None:
     """``MemAvailable`` (KiB): what can be allocated without swapping, page cache included;
     None when the kernel does not say (before Linux 3.14)."""
     try:
-        for line in Path(meminfo).read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1])
+        return kib_fields(meminfo, "MemAvailable").get("MemAvailable")
     except OSError:
-        pass
-    return None
+        return None
 
 
 def backlog_needed(rate: float, connections: int) -> int:

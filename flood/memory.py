@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import psutil
 
+from comet.hostlimits import kib_fields
+
 PAGE = 4096
 
 
@@ -63,13 +65,7 @@ def process_memory(pids: list[int], pss: bool = True) -> dict:
 
 def _kb_fields(path: str, *names: str) -> dict[str, int]:
     """``Name:   N kB`` lines of a /proc file (smaps_rollup, meminfo), in bytes, by name."""
-    found = {}
-    with open(path) as fh:
-        for line in fh:
-            name, _, rest = line.partition(":")
-            if name in names:
-                found[name] = int(rest.split()[0]) * 1024
-    return found
+    return {name: kib * 1024 for name, kib in kib_fields(path, *names).items()}
 
 
 def pss_anon(pid: int) -> int | None:
