@@ -39,6 +39,8 @@ _EXT = re.compile(rb"[ \t]*;[ \t]*" + _TOKEN
                   + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 _FIELD = re.compile(_TOKEN + rb":[ \t]*[^\r\n]*")
+#: a data chunk's size line with no extension: what the fast path of :meth:`feed` takes
+_PLAIN_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
 
 
 class DecodeError(ValueError):
@@ -104,6 +106,8 @@ class ChunkedDecoder:
         """
         chunks: list[bytes] = []
         pos, end = 0, len(data)
+        if self._state == _SIZE and not self._buf:
+            pos = _whole_chunks(data, chunks)
         while pos < end:
             state = self._state
             if state == _DATA:
@@ -158,3 +162,28 @@ class ChunkedDecoder:
         elif not _FIELD.fullmatch(line):
             raise ChunkError(f"malformed trailer field {line[:40]!r}")
         return nl + 1
+
+
+def _whole_chunks(data: bytes, chunks: list[bytes]) -> int:
+    """Take the whole data chunks that open ``data``; return where the rest begins.
+
+    What a comet server sends: each write one or more whole chunks, no extension,
+    well under :data:`MAX_PAYLOAD`. One regex match and a slice each, where the
+    state machine of :meth:`ChunkedDecoder.feed` takes several steps a chunk; the
+    first piece that is anything else (a split chunk, an extension, the last chunk,
+    a framing error) stops here and goes through the state machine, which decides.
+    """
+    pos, end = 0, len(data)
+    match = _PLAIN_SIZE.match
+    while pos < end:
+        m = match(data, pos)
+        if m is None:
+            break
+        size = int(m.group(1), 16)
+        start = m.end()
+        stop = start + size
+        if not 0 < size <= MAX_PAYLOAD or data[stop:stop + 2] != b"\r\n":
+            break
+        chunks.append(data[start:stop])
+        pos = stop + 2
+    return pos

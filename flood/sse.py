@@ -26,6 +26,9 @@ MAX_LINE = 256 * 1024
 MAX_EVENT = 1024 * 1024
 
 _BREAK = re.compile(rb"\r\n|\r|\n")
+#: a ``data`` field's line in a block of LF-separated lines: its value (one space
+#: after the colon dropped, as the spec says; ``data`` alone is an empty value)
+_DATA_LINE = re.compile(rb"^data(?::(?: ?)([^\n]*))?$", re.M)
 
 
 class SseError(DecodeError):
@@ -105,19 +108,11 @@ def _whole_events(piece: bytes, events: list[bytes]) -> None:
     """Whole events, as :meth:`SseDecoder._lines` would read them, without its per-line
     steps: ``piece`` ends an event, has no CR and no empty event in it, and is UTF-8."""
     for block in piece[:-2].split(b"\n\n"):
-        data = None
-        for line in block.split(b"\n"):
-            if line[:4] != b"data":
-                continue
-            name, colon, value = line.partition(b":")
-            if name != b"data":
-                continue
-            if colon and value[:1] == b" ":
-                value = value[1:]
-            data = value if data is None else data + b"\n" + value
+        values = _DATA_LINE.findall(block)
+        if values:
+            data = values[0] if len(values) == 1 else b"\n".join(values)
             if len(data) > MAX_EVENT:
                 raise SseError("event data too large")
-        if data is not None:
             events.append(data)
 
 

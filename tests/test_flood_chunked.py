@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flood import head
-from flood.chunked import MAX_LINE, ChunkedDecoder, ChunkError
+from flood.chunked import MAX_LINE, MAX_PAYLOAD, ChunkedDecoder, ChunkError
 
 BODY = b"5\r\nhello\r\n7;name=val;flag\r\n, world\r\n000\r\nX-Trailer: yes\r\n\r\n"
 
@@ -24,6 +24,24 @@ def test_chunks_come_out_whole_however_the_bytes_are_split(step):
     dec, out = feed_all(BODY, step)
     assert out == [b"hello", b", world"]
     assert dec.done
+
+
+PLAIN = b"".join(b"%x\r\n%s\r\n" % (len(d), d)
+                 for d in (b"a", b"bc" * 40, b"x" * (MAX_PAYLOAD + 5), b"last")) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("step", [1, 5, 60, None])
+def test_whole_chunks_read_at_once_as_split_ones(step):
+    """What the fast path takes (whole chunks with no extension) it reads as the state
+    machine does, the over-long chunk cut to MAX_PAYLOAD included."""
+    dec, out = feed_all(PLAIN, step)
+    assert out == [b"a", b"bc" * 40, b"x" * MAX_PAYLOAD, b"last"]
+    assert dec.done
+
+
+def test_whole_chunk_without_its_crlf_is_an_error():
+    with pytest.raises(ChunkError, match="not followed by CRLF"):
+        ChunkedDecoder().feed(b"1\r\nab\r\n")
 
 
 def test_last_chunk_is_not_counted_and_ends_the_body():

@@ -40,7 +40,8 @@ def test_sse_counts_events_with_data_only_whatever_the_split(size):
 
 WHOLE_EVENTS = [b"id: e-1\ndata: one\n\n", b"data: two\ndata: lines\n\nid: x\n\n",
                 b": heartbeat\ndata\n\n", b"data:no space\nevent: e\ndatum: no\n\n",
-                b"retry: 10\n\ndata: a\n\ndata: b\n\n", b"data: caf\xc3\xa9\n\n"]
+                b"retry: 10\n\ndata: a\n\ndata: b\n\n", b"data: caf\xc3\xa9\n\n",
+                b"datafoo: no\ndata:  two spaces\ndata\n\n"]
 
 
 @pytest.mark.parametrize("piece", WHOLE_EVENTS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from flood import latency, stats
 
 
@@ -58,3 +60,26 @@ def test_encoded_histograms_round_trip_and_empty_ones_are_skipped():
 def test_accept_rate_needs_two_streams():
     one = stats.sum_snapshots([snap(active=1)])
     assert stats.accept_rate(one) is None
+
+
+def test_values_counted_by_bucket_make_the_histogram_recording_each_would():
+    """Latency counts values per hdrh bucket and records each bucket once: the
+    histogram (its encoding, percentiles, min and max) must be the same."""
+    rng = random.Random(7)
+    direct = latency.new_histogram()
+    lat = latency.Latency()
+    assert direct.sub_bucket_count == 1 << latency._EXACT_BITS
+    for _ in range(20_000):
+        now = 1e9 + 10 ** rng.uniform(0, 9.5) / 1e6
+        direct.record_value(max(int((now - 1e9) * 1_000_000), 1))  # as observe reads it
+        lat.observe(b"ts=1000000000.000000", now)
+    assert lat.count == 20_000
+    assert lat.hist.encode() == direct.encode()
+    assert latency.describe(lat.hist) == latency.describe(direct)
+    assert lat.hist.get_min_value() == direct.get_min_value()
+
+
+def test_bucket_of_is_the_lowest_value_of_the_bucket():
+    hist = latency.new_histogram()
+    for value in (1, 2047, 2048, 2049, 4097, 123_456_789, latency.HIGHEST_US):
+        assert latency.bucket_of(value) == hist.get_lowest_equivalent_value(value)
