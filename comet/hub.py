@@ -297,7 +297,7 @@ class Hub:
         """The broker's call: history cannot cover what ``ids``' connections here missed
         (None: any connection's). They end, so that their clients resume and are told."""
         if ids is None:
-            conns = list(self.router.all_connections())
+            conns = self.router.all_connections()
         else:
             conns = list({conn for id in ids for conn in self.router.connections_of(id)})
         for conn in conns:
@@ -317,7 +317,7 @@ class Hub:
     def shutdown(self, end: End = ends.SHUTDOWN) -> int:
         """Refuse new connections and end every open one cleanly; returns how many."""
         self.accepting = False
-        conns = list(self.router.all_connections())
+        conns = self.router.all_connections()
         for conn in conns:
             self._logout(conn)
             try:
