@@ -143,6 +143,32 @@ def memory_available_kib(meminfo: str | Path = MEMINFO) -> int | None:
         return None
 
 
+#: Most buckets ``net.ipv4.tcp_child_ehash_entries`` takes (Linux's cap, 16 Mi).
+EHASH_MAX = 16 * 1024 * 1024
+
+
+def ehash_buckets(proc_sys: str | Path = PROC_SYS) -> int | None:
+    """Buckets of this network namespace's TCP established hash; None when the kernel
+    does not say (before Linux 6.1). Negative in the file means shared with the host's."""
+    text = read_sysctl("net.ipv4.tcp_ehash_entries", proc_sys)
+    try:
+        return abs(int(text)) if text else None
+    except ValueError:
+        return None
+
+
+def ehash_needed(sockets: int) -> int:
+    """Buckets for ``sockets`` established sockets at one a bucket: a power of two, as
+    the kernel rounds, at most :data:`EHASH_MAX`.
+
+    Why one a bucket: every segment a host receives finds its socket by walking one
+    chain of this hash. The kernel sizes it at boot from RAM (262,144 buckets for
+    24 GiB); a million loopback connections are two million sockets, chains of ~8,
+    walked for every message and every ACK (docs/tuning.rst).
+    """
+    return min(EHASH_MAX, 1 << max(0, sockets - 1).bit_length())
+
+
 def backlog_needed(rate: float, connections: int) -> int:
     """The listen backlog that holds :data:`ACCEPT_SECONDS` of arrivals at ``rate`` a second
     while the server is busy; never more than there are connections to come."""

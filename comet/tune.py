@@ -191,6 +191,25 @@ def host_rows(target: Target, figures: capacity.Figures, available: int,
     return rows
 
 
+def ehash_rows(target: Target, proc_sys: Path) -> list[Check]:
+    """The TCP established hash against the sockets: not a sysctl, so a row of its own.
+
+    Too few buckets does not refuse a connection; it slows every segment received
+    (a million SSE streams here, the same code: a broadcast to all in 15.4 s with the
+    boot's 262,144 buckets, 13.1 s with 2,097,152; docs/benchmarks.rst). Sized at
+    boot, or per network namespace.
+    """
+    have = hostlimits.ehash_buckets(proc_sys)
+    if have is None:
+        return []
+    need = hostlimits.ehash_needed(target.sockets)
+    return [Check("TCP established hash", f"{have:,} buckets", f">= {target.sockets:,} sockets",
+                  "ok" if have >= target.sockets else "note",
+                  f"sized at boot: thash_entries={need} on the kernel command line; or a "
+                  f"network namespace made after sysctl -w net.ipv4.tcp_child_ehash_entries={need} "
+                  "(python -m flood.bench --netns does this for a run)")]
+
+
 def print_table(rows: list[Check], out: TextIO) -> None:
     head = Check("setting", "current", "needed", "verdict")
     widths = [max(len(getattr(r, f)) for r in [head, *rows])
@@ -288,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     available = psutil.virtual_memory().available // 1024
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     rows = (sysctl_rows(args.proc_sys, target) + limit_rows(target)
-            + host_rows(target, figures, available, hard))
+            + host_rows(target, figures, available, hard) + ehash_rows(target, args.proc_sys))
     print(f"comet.tune: {target.connections:,} connections on port {target.port}, "
           f"{target.processes} process(es){', flood on this host' if target.loopback else ''}; "
           f"sysctls under {args.proc_sys}")

@@ -33,7 +33,7 @@ import gevent
 
 from comet import capacity
 from comet.hostlimits import FLOOD_FD_MARGIN, processes_needed, raise_open_files_limit
-from flood import benchtable, measure, memory, precheck, publishing, redisproc, stats
+from flood import benchtable, measure, memory, netns, precheck, publishing, redisproc, stats
 from flood.measure import SAMPLE, Timeline
 from flood.procs import Children
 from flood.report import write_json
@@ -144,6 +144,7 @@ class Bench:
                            date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                            connections_requested=args.connections, rate_requested=args.rate,
                            workers=args.workers, precheck=getattr(args, "precheck", None),
+                           netns=getattr(args, "netns_info", None),
                            tcp=memory.tcp_buffers(), meminfo_before=memory.meminfo())
         children = None
         fd, url_file = tempfile.mkstemp(prefix="bench-urls-", suffix=".txt")
@@ -270,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="msggen's senders with --publish-rate (default 8)")
     p.add_argument("--fanout-timeout", type=float, default=60.0,
                    help="seconds to wait for the broadcast to reach everyone (default 60)")
+    p.add_argument("--netns", action="store_true",
+                   help="run in a network namespace of its own whose TCP established hash has "
+                        "a bucket per socket (root, Linux 6.1+, util-linux unshare; the host's "
+                        "is sized at boot: 262,144 buckets for 24 GiB): flood/netns.py")
     p.add_argument("--json", help="write every figure and the time series here")
     p.add_argument("--plot", default="bench-out/bench.png", help="PNG path (default %(default)s)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
@@ -299,6 +304,9 @@ def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpars
                      "worker has its own router, so only a broker that spans processes "
                      "delivers a message to the clients of every worker (the server "
                      "refuses to start without one)")
+    if args.netns and (args.target or args.redis):
+        parser.error("--netns runs everything in a namespace of its own: a --target server or "
+                     "--redis outside it cannot be reached from there")
     if args.redis_server and args.redis:
         parser.error("--redis-server starts a Redis, --redis URL uses a running one: not both")
     if args.target and (args.workers or args.redis_server):
@@ -363,7 +371,16 @@ def compare(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _checked(build_parser(), argv)
+    if args.netns and not netns.inside():
+        try:
+            return netns.run_outside(argv, capacity.sockets(args.connections, loopback=True))
+        except netns.NetnsError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
+    if netns.inside():
+        args.netns_info = netns.enter()
     # SIGTERM (a timeout, a CI runner) ends a run as Ctrl-C does: through the cleanup
     # that stops the flood, the server and its workers, and the Redis bench started.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -388,6 +405,9 @@ def refused(args: argparse.Namespace) -> bool:
               "what the run would take in memory:", *verdict.plan, sep="\n", file=sys.stderr)
         return True
     args.precheck = verdict.summary()
+    note = None if netns.inside() else netns.advice(capacity.sockets(args.connections, True))
+    if note:
+        print(f"bench: {note}", file=sys.stderr)
     print(f"bench: pre-check: {args.connections:,} connections fit: "
           f"{capacity.gib(args.precheck['with_margin_bytes'] / 1024)} of memory with the margin, "
           f"{capacity.gib(verdict.available_kib)} available; files, ports, backlog ok",

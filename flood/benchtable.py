@@ -102,6 +102,9 @@ def rows(r: dict) -> list[tuple[str, str]]:
                     f" = {c['rss_percent']:.1f} % of before"))
     out.append(("tcp_rmem / tcp_wmem", f"{' '.join(r['tcp']['tcp_rmem'] or [])} / "
                                        f"{' '.join(r['tcp']['tcp_wmem'] or [])}"))
+    if r["tcp"].get("ehash_buckets"):
+        whose = "a network namespace of its own (--netns)" if r.get("netns") else "the host's"
+        out.append(("TCP established hash", f"{r['tcp']['ehash_buckets']:,} buckets ({whose})"))
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import psutil
 
-from comet.hostlimits import kib_fields
+from comet.hostlimits import ehash_buckets, kib_fields
 
 PAGE = 4096
 
@@ -132,14 +132,16 @@ def sockstat() -> dict:
 
 
 def tcp_buffers() -> dict:
-    """tcp_rmem / tcp_wmem / tcp_mem as the kernel has them now (the report names them)."""
-    out = {}
+    """tcp_rmem / tcp_wmem / tcp_mem as the kernel has them now, and the established
+    hash's buckets (None before Linux 6.1): the report names them."""
+    out: dict = {}
     for name in ("tcp_rmem", "tcp_wmem", "tcp_mem"):
         try:
             with open(f"/proc/sys/net/ipv4/{name}") as fh:
                 out[name] = fh.read().split()
         except OSError:
             out[name] = None
+    out["ehash_buckets"] = ehash_buckets()
     return out
 
 
