@@ -103,7 +103,7 @@ def rows(r: dict) -> list[tuple[str, str]]:
     out.append(("tcp_rmem / tcp_wmem", f"{' '.join(r['tcp']['tcp_rmem'] or [])} / "
                                        f"{' '.join(r['tcp']['tcp_wmem'] or [])}"))
     if r["tcp"].get("ehash_buckets"):
-        whose = "a network namespace of its own (--netns)" if r.get("netns") else "the host's"
+        whose = "--netns: a namespace of its own" if r.get("netns") else "the host's"
         out.append(("TCP established hash", f"{r['tcp']['ehash_buckets']:,} buckets ({whose})"))
     return out
 

@@ -106,5 +106,5 @@ def test_bench_in_its_own_namespace_holds_broadcasts_and_puts_the_sysctl_back(tm
     # the host's per-namespace settings came in with it
     assert doc["netns"]["carried"]["net.core.somaxconn"] == hostlimits.read_sysctl(
         "net.core.somaxconn")
-    assert f"{buckets:,} buckets (a network namespace of its own" in result.stdout
+    assert f"{buckets:,} buckets (--netns: a namespace of its own)" in result.stdout
     assert hostlimits.read_sysctl(netns.CHILD_EHASH) == before
