@@ -230,13 +230,38 @@ def _argparse_type(setting: Setting) -> Callable[[str], Any]:
     return convert
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that an unknown argument's value is never repeated in the error:
+    a mistyped ``--token-secret...`` would otherwise print the secret."""
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extra = self.parse_known_args(args, namespace)
+        if extra:
+            flags = " ".join(a.split("=")[0] for a in extra if a.startswith("-"))
+            self.error(f"unrecognized arguments: {flags or 'values without a flag'} "
+                       "(values not repeated)")
+        return namespace
+
+
+def _refused_on_command_line(setting: Setting) -> Callable[[str], Any]:
+    """A secret given as a flag: refused with a message that does not repeat it
+    (argparse would echo an unknown flag's value)."""
+    def refuse(text: str) -> Any:
+        raise argparse.ArgumentTypeError(f"never given on the command line (where ps shows "
+                                         f"it): set {setting.env} instead")
+    refuse.__name__ = setting.name
+    return refuse
+
+
 def build_parser(prog: str = "python -m comet.server") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="comet: a gevent comet server",
+    parser = _Parser(
+        prog=prog, description="comet: a gevent comet server", allow_abbrev=False,
         epilog=f"Every flag can also be set as an environment variable {ENV_PREFIX}<NAME>, "
                f"for example {ENV_PREFIX}MAX_CONNECTIONS=10000.")
     for setting in SETTINGS:
         if setting.flag is None:
+            parser.add_argument("--" + setting.name.replace("_", "-"), help=argparse.SUPPRESS,
+                                type=_refused_on_command_line(setting))
             continue
         bare = {"nargs": "?", "const": True} if setting.switch else {}
         parser.add_argument(setting.flag, dest=setting.name, type=_argparse_type(setting),
