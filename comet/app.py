@@ -158,7 +158,7 @@ class CometApp:
     @staticmethod
     def _preflight(respond: StartResponse) -> list[bytes]:
         respond("204 No Content", [("Access-Control-Allow-Methods", "GET"),
-                                   ("Access-Control-Allow-Headers", "Last-Event-ID"),
+                                   ("Access-Control-Allow-Headers", "Last-Event-ID, Authorization"),
                                    ("Access-Control-Max-Age", "86400")])
         return []
 
