@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Iterable
 from importlib import resources
 
+from comet import tokens
 from comet.broker import BrokerUnavailable
 from comet.config import Settings
 from comet.framing import framing_for
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 #: environ keys under which servers expose the client socket (ours, gunicorn's)
 SOCKET_KEYS = ("comet.socket", "gunicorn.socket", "gunicorn.sock")
 
+#: where refuses_websocket leaves a WebSocket subscriber's verified token expiry for the app
+TOKEN_EXPIRES = "comet.token_expires"
+
 #: transports a page on another origin may use when --allow-origin lets it
 CORS_PREFIXES = ("/events/", "/poll/", "/ws/")
 
@@ -65,6 +69,8 @@ class CometApp:
         self.hub = hub if hub is not None else Hub(settings)
         #: what ``GET /stats`` answers: this process's hub, or (a worker's) the whole server
         self.stats = stats if stats is not None else self.hub.snapshot
+        #: verifies subscriber tokens; None: subscribing is open to anyone
+        self.tokens = tokens.verifier_for(settings)
         self._allowed_origins = _origins(settings.allow_origin)
         self._routes = {
             "test": (self.test_stream, ("GET", "HEAD")),
@@ -152,11 +158,40 @@ class CometApp:
     @staticmethod
     def _preflight(respond: StartResponse) -> list[bytes]:
         respond("204 No Content", [("Access-Control-Allow-Methods", "GET"),
-                                   ("Access-Control-Allow-Headers", "Last-Event-ID"),
+                                   ("Access-Control-Allow-Headers", "Last-Event-ID, Authorization"),
                                    ("Access-Control-Max-Age", "86400")])
         return []
 
     # -- subscribing ------------------------------------------------------------
+
+    def _subscriber(self, environ: dict, ids: list[str], count: bool = True) -> float | None:
+        """May this request log in as ``ids``? When its token runs out (None: no tokens).
+
+        401 with ``WWW-Authenticate: Bearer`` for a missing or invalid token, 403
+        for an id it does not cover; each counted by reason (unless ``count`` is
+        False: a check made before a WebSocket upgrade, which the app makes again).
+        """
+        if self.tokens is None:
+            return None
+        if TOKEN_EXPIRES in environ:
+            return environ[TOKEN_EXPIRES]
+        try:
+            claims = self.tokens.verify(tokens.token_of(environ))
+        except tokens.TokenRefused as refused:
+            if count:
+                self.hub.refuse_subscriber(refused.reason)
+            challenge = ('Bearer realm="comet"' if refused.reason == tokens.MISSING else
+                         f'Bearer realm="comet", error="invalid_token", '
+                         f'error_description="{refused.reason}"')
+            raise BadRequest("401 Unauthorized", f"token refused: {refused.reason}",
+                             (("WWW-Authenticate", challenge),)) from None
+        if not self.tokens.covers(claims, ids):
+            if count:
+                self.hub.refuse_subscriber(tokens.NOT_COVERED)
+            raise BadRequest("403 Forbidden", "the token does not cover every id asked for",
+                             (("WWW-Authenticate",
+                               'Bearer realm="comet", error="insufficient_scope"'),))
+        return self.tokens.expires_at(claims)
 
     def _admit(self, environ: dict, transport: str):
         """Room for one more connection? Returns the socket a drop may shut down, if any."""
@@ -176,6 +211,7 @@ class CometApp:
     def _stream(self, environ: dict, respond: StartResponse, path_id: str,
                 transport: str, resume_from: str | None = None) -> Iterable[bytes]:
         ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
+        expires = self._subscriber(environ, ids)
         framing = framing_for(transport, self.settings)
         headers = [("Content-Type", framing.content_type), ("Cache-Control", "no-cache"),
                    ("X-Accel-Buffering", "no")]
@@ -184,7 +220,8 @@ class CometApp:
             return []
         sock = self._admit(environ, transport)
         respond("200 OK", headers)
-        return StreamResponse(self.hub, framing, ids, resume_from, resume_from is not None, sock)
+        return StreamResponse(self.hub, framing, ids, resume_from, resume_from is not None, sock,
+                              expires)
 
     def test_stream(self, environ: dict, respond: StartResponse,
                     path_id: str) -> Iterable[bytes]:
@@ -195,14 +232,16 @@ class CometApp:
 
     def poll(self, environ: dict, respond: StartResponse, path_id: str) -> Iterable[bytes]:
         ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
+        expires = self._subscriber(environ, ids)
         since = last_event_id(environ, header=None, param="since")
         framing = framing_for("poll", self.settings)
         self._admit(environ, "poll")
         respond("200 OK", [("Content-Type", framing.content_type), ("Cache-Control", "no-store")])
-        return PollResponse(self.hub, framing, ids, since)
+        return PollResponse(self.hub, framing, ids, since, expires)
 
     def websocket(self, environ: dict, respond: StartResponse, path_id: str) -> Iterable[bytes]:
         ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
+        expires = self._subscriber(environ, ids)
         ws = environ.get("wsgi.websocket")
         if ws is None and environ.get("HTTP_UPGRADE", "").lower() == "websocket":
             # Not upgraded: held back by refuses_websocket, or a server that cannot
@@ -215,16 +254,18 @@ class CometApp:
                              "comet.gunicorn.Worker or geventwebsocket's GeventWebSocketWorker)",
                              (("Upgrade", "websocket"),))
         self._admit(environ, "ws")
-        return WebSocketResponse(self.hub, framing_for("ws", self.settings), ids, ws)
+        return WebSocketResponse(self.hub, framing_for("ws", self.settings), ids, ws, expires)
 
     def refuses_websocket(self, handler) -> bool:
         """gevent-websocket's ``pre_start_hook``: True answers over plain HTTP, no upgrade.
 
         gevent-websocket completes the handshake before the app runs, so a bad
-        id or a full server could only be told with a close frame. Checked
-        here first (asking the hub, counting nothing), such requests reach the
-        app un-upgraded and get their 4xx, or the 503 that the app's admission
-        counts, like any other request.
+        id, a refused token or a full server could only be told with a close
+        frame. Checked here first (asking the hub, counting nothing), such
+        requests reach the app un-upgraded and get their 4xx (the 401 or 403
+        of a token, counted there), or the 503 that the app's admission
+        counts, like any other request. A token that passes is not verified
+        twice: its expiry waits in the environ for the app.
         """
         environ = handler.environ
         if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
@@ -233,9 +274,12 @@ class CometApp:
         if route != self.websocket:
             return True
         try:
-            ids_of(path_id, environ.get("QUERY_STRING", ""))
+            ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
+            expires = self._subscriber(environ, ids, count=False)
         except BadRequest:
             return True
+        if expires is not None:
+            environ[TOKEN_EXPIRES] = expires
         return self.hub.room() is not None
 
     def shutdown(self) -> int:

@@ -97,10 +97,14 @@ class Setting:
     help: str
     #: an on/off switch: the bare flag means on
     switch: bool = False
+    #: a secret: set only by its ``COMET_*`` variable (a flag's value shows in ``ps``),
+    #: and never shown by ``Settings.__repr__``
+    secret: bool = False
 
     @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+    def flag(self) -> str | None:
+        """The command-line flag; None for a secret, which the environment alone carries."""
+        return None if self.secret else "--" + self.name.replace("_", "-")
 
     @property
     def env(self) -> str:
@@ -130,6 +134,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("publish_key", text_or_none, None,
             "bearer key that lets non-loopback clients publish (and that loopback "
             "clients must give if they send one)"),
+    Setting("token_secret", text_or_none, None,
+            "HS256 secret (at least 32 bytes) that subscriber tokens are signed with; "
+            "environment only, never a flag (see --token-secret-file)", secret=True),
+    Setting("token_secret_file", text_or_none, None,
+            "file holding the HS256 secret of subscriber tokens (surrounding blanks "
+            "stripped): with it, or COMET_TOKEN_SECRET, --token-public-key or --token-jwks, "
+            "subscribing needs a token"),
+    Setting("token_public_key", text_or_none, None,
+            "PEM public key file that subscriber tokens are verified with: RSA means "
+            "RS256, EC P-256/P-384/P-521 ES256/ES384/ES512, and nothing else is accepted"),
+    Setting("token_jwks", text_or_none, None,
+            "JWKS JSON file of public keys for subscriber tokens: the token's kid picks "
+            "the key, and the key's alg (or type) the one algorithm accepted"),
+    Setting("token_audience", text_or_none, None,
+            "the aud a subscriber token must name (unset: a token with an aud is refused)"),
+    Setting("token_issuer", text_or_none, None, "the iss a subscriber token must name"),
+    Setting("token_leeway", non_negative_float, 30.0,
+            "seconds of clock skew allowed on a token's exp and nbf; a held connection "
+            "ends this long after its token's exp"),
     Setting("read_timeout", positive_float, 30.0,
             "seconds a client may take to send a request (line, headers, body); "
             "idle keep-alive connections are closed after it"),
@@ -169,7 +192,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", log_level, "INFO", "debug, info, warning or error"),
 )
 
-_BY_NAME = {s.name: s for s in SETTINGS}
+BY_NAME = {s.name: s for s in SETTINGS}
+
+#: settings whose values never appear in a log line or a repr
+HIDDEN = frozenset({"publish_key"} | {s.name for s in SETTINGS if s.secret})
 
 
 class Settings:
@@ -183,7 +209,7 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{s.name}={_redacted(s.name, getattr(self, s.name))!r}"
-                          for s in SETTINGS if s.name != "publish_key")
+                          for s in SETTINGS if s.name not in HIDDEN)
         return f"Settings({shown})"
 
 
@@ -204,12 +230,39 @@ def _argparse_type(setting: Setting) -> Callable[[str], Any]:
     return convert
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that an unknown argument's value is never repeated in the error:
+    a mistyped ``--token-secret...`` would otherwise print the secret."""
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extra = self.parse_known_args(args, namespace)
+        if extra:
+            flags = " ".join(a.split("=")[0] for a in extra if a.startswith("-"))
+            self.error(f"unrecognized arguments: {flags or 'values without a flag'} "
+                       "(values not repeated)")
+        return namespace
+
+
+def _refused_on_command_line(setting: Setting) -> Callable[[str], Any]:
+    """A secret given as a flag: refused with a message that does not repeat it
+    (argparse would echo an unknown flag's value)."""
+    def refuse(text: str) -> Any:
+        raise argparse.ArgumentTypeError(f"never given on the command line (where ps shows "
+                                         f"it): set {setting.env} instead")
+    refuse.__name__ = setting.name
+    return refuse
+
+
 def build_parser(prog: str = "python -m comet.server") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="comet: a gevent comet server",
+    parser = _Parser(
+        prog=prog, description="comet: a gevent comet server", allow_abbrev=False,
         epilog=f"Every flag can also be set as an environment variable {ENV_PREFIX}<NAME>, "
                f"for example {ENV_PREFIX}MAX_CONNECTIONS=10000.")
     for setting in SETTINGS:
+        if setting.flag is None:
+            parser.add_argument("--" + setting.name.replace("_", "-"), help=argparse.SUPPRESS,
+                                type=_refused_on_command_line(setting))
+            continue
         bare = {"nargs": "?", "const": True} if setting.switch else {}
         parser.add_argument(setting.flag, dest=setting.name, type=_argparse_type(setting),
                             default=None, **bare,
@@ -242,7 +295,7 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
 
 def options_table() -> str:
     """The options table of docs/usage.rst, generated from :data:`SETTINGS`."""
-    rows = [(s.flag, s.env, _shown(s.default), s.help) for s in SETTINGS]
+    rows = [(s.flag or "(none)", s.env, _shown(s.default), s.help) for s in SETTINGS]
     widths = [max(len(r[i]) for r in rows + [("flag", "environment", "default", "meaning")])
               for i in range(4)]
     rule = "  ".join("=" * w for w in widths)

@@ -27,6 +27,8 @@ class End(NamedTuple):
     reason: str
     #: True: what is queued goes out first, then a farewell; False: it is discarded
     flush: bool
+    #: the SSE event that tells an EventSource client why (its ``event:`` name), or None
+    event: str | None = None
 
 
 #: the server stops (SIGTERM): streams say goodbye, WebSockets close with 1001
@@ -49,6 +51,10 @@ MESSAGE_TOO_BIG = End(1009, "message too big", False)
 PROTOCOL_ERROR = End(1002, "protocol error", False)
 #: the message broker (Redis) cannot be reached: the client retries later
 BROKER_DOWN = End(1013, "message broker unavailable", True)
+#: the subscriber's token ran out (its exp, plus --token-leeway): the client reconnects
+#: with a fresh one. 4001 is in the private range (RFC 6455 7.4.2): a client can tell it
+#: from any protocol-level close; SSE clients get an ``expired`` event.
+TOKEN_EXPIRED = End(4001, "token expired", True, "expired")
 #: history no longer covers what the connection missed (Redis was away too long, or lost
 #: it): the client resumes, and its resume tells it what is missing
 HISTORY_LOST = End(1012, "history lost, resume", True)

@@ -39,6 +39,11 @@ def _no_farewell(end: End) -> bytes:
     return b""
 
 
+def _sse_farewell(end: End) -> bytes:
+    """An event naming why the stream ends, for the ends a client must act on (expired)."""
+    return wire.sse_event(end.reason.encode(), event=end.event) if end.event else b""
+
+
 def _test_farewell(end: End) -> bytes:
     return wire.test_farewell(end.reason) if end.flush else b""
 
@@ -70,8 +75,8 @@ def framing_for(name: str, settings) -> Framing:
         retry = wire.sse_retry(settings.sse_retry)
         return Framing("events", wire.SSE_CONTENT_TYPE, lambda id: retry,
                        lambda m: wire.sse_event(m.data, id=m.id),
-                       lambda n, id: wire.SSE_HEARTBEAT, _no_farewell, wire.sse_missed,
-                       "heartbeat", wire.chunk, _chunked_ending(_no_farewell), True)
+                       lambda n, id: wire.SSE_HEARTBEAT, _sse_farewell, wire.sse_missed,
+                       "heartbeat", wire.chunk, _chunked_ending(_sse_farewell), True)
     if name == "poll":  # a waiting poll sends nothing until its answer (lives' poll code)
         return Framing("poll", wire.POLL_CONTENT_TYPE, lambda id: b"", lambda m: b"",
                        lambda n, id: b"", _no_farewell, None, "poll_timeout", wire.chunk,

@@ -41,6 +41,7 @@ from comet.broker.cursor import Cursor
 from comet.broker.memory import MemoryBroker, MemoryHistory
 from comet.config import Settings
 from comet.ends import End
+from comet.expiry import Expiries
 from comet.release import MemoryReleaser
 from comet.router import Router
 from comet.stats import Counters
@@ -162,6 +163,8 @@ class Hub:
         self.counters = Counters()
         #: ticks, heartbeats and poll timeouts of sleeping connections
         self.wheel = TimerWheel()
+        #: when connections opened with a token must end (empty when subscribing is open)
+        self.expiries = Expiries(self.expire)
         #: gives freed memory back once most connections have gone
         self.releaser = MemoryReleaser(lambda: self.counters.held, compact=self.router.compact)
         self.accepting = True
@@ -184,6 +187,10 @@ class Hub:
         if reason is not None:
             self.counters.refused += 1
             raise Refused(reason)
+
+    def refuse_subscriber(self, reason: str) -> None:
+        """Count a subscriber refused for its token (401) or for an id it may not have (403)."""
+        self.counters.subscribers_refused[reason] += 1
 
     # -- a connection's life ----------------------------------------------------------
 
@@ -236,8 +243,22 @@ class Hub:
             return None
         return Replay(messages, replay.missed, replay.start)
 
+    def expire_at(self, conn, when: float) -> None:
+        """End ``conn`` with :data:`~comet.ends.TOKEN_EXPIRED` at ``when`` (epoch seconds),
+        when its token runs out, unless it has ended or closed by then."""
+        if conn.ended is None:
+            self.expiries.at(conn, when)
+
+    def expire(self, conn) -> None:
+        """``conn``'s token has run out: log it out and end it, telling its client why."""
+        if conn.ended is not None:
+            return
+        self._logout(conn)
+        conn.end(ends.TOKEN_EXPIRED)
+
     def close(self, conn) -> None:
         """``conn`` has ended (``conn.ended``, or the client went): log out, count its end."""
+        self.expiries.cancel(conn)
         self._logout(conn)
         end = conn.ended or ends.CLIENT_GONE
         counters = self.counters
@@ -330,5 +351,6 @@ class Hub:
     def snapshot(self) -> dict:
         """``/stats``: the counters, ids held, sleeping timers and the broker."""
         snapshot = self.counters.snapshot(self.router.ids, len(self.wheel))
+        snapshot["token_timers"] = len(self.expiries)
         snapshot["broker"] = self.broker.snapshot()
         return snapshot

@@ -33,10 +33,10 @@ class Response:
     """A subscriber's WSGI body; subclasses say how each transport begins and waits."""
 
     #: one per request, gone once the connection sleeps or ends: slots keep it small
-    __slots__ = ("hub", "framing", "ids", "last", "resume", "sock", "_conn", "_life")
+    __slots__ = ("hub", "framing", "ids", "last", "resume", "sock", "expires", "_conn", "_life")
 
     def __init__(self, hub: Hub, framing: Framing, ids: list[str], last: str | None = None,
-                 resume: bool = False, sock: Any = None) -> None:
+                 resume: bool = False, sock: Any = None, expires: float | None = None) -> None:
         self.hub = hub
         self.framing = framing
         self.ids = ids
@@ -44,13 +44,21 @@ class Response:
         self.resume = resume
         #: the client socket a drop may shut down (plain life), when the server exposes it
         self.sock = sock
+        #: when the subscriber's token runs out (epoch seconds), or None: no token
+        self.expires = expires
         self._conn: plain.PlainConnection | None = None
         self._life: Iterator[bytes] | None = None
 
     def begin(self, conn: Life) -> bytes:
         """Log ``conn`` in; the first bytes of its body: opening, missed notice, replay."""
+        return opening(self.framing, self.ids[0], self._open(conn), self.last)
+
+    def _open(self, conn: Life) -> Replay | None:
+        """Log ``conn`` in, and have it end when its token runs out (if it came with one)."""
         replay = self.hub.open(conn, self.ids, self.last, self.resume)
-        return opening(self.framing, self.ids[0], replay, self.last)
+        if self.expires is not None:
+            self.hub.expire_at(conn, self.expires)
+        return replay
 
     def _plain(self) -> plain.PlainConnection:
         self._conn = plain.PlainConnection(self.hub, self.framing, self.sock)
@@ -86,15 +94,16 @@ class PollResponse(Response):
 
     __slots__ = ("position",)
 
-    def __init__(self, hub: Hub, framing: Framing, ids: list[str], since: str | None) -> None:
-        super().__init__(hub, framing, ids, since, resume=since is not None)
+    def __init__(self, hub: Hub, framing: Framing, ids: list[str], since: str | None,
+                 expires: float | None = None) -> None:
+        super().__init__(hub, framing, ids, since, resume=since is not None, expires=expires)
         #: where an empty answer tells the client to go on from: nothing is lost between
         #: polls (None where positions are per stream: each connection has its own)
         self.position = hub.position()
 
     def begin(self, conn: Life) -> bytes | None:
         """Log in; the answer if history has one now (messages after ``since``, or a gap)."""
-        replay = self.hub.open(conn, self.ids, self.last, self.resume)
+        replay = self._open(conn)
         if replay is None or not (replay.messages or replay.missed):
             return None
         last = replay.messages[-1].id if replay.messages else replay.start
@@ -117,8 +126,9 @@ class WebSocketResponse(Response):
 
     __slots__ = ("ws",)
 
-    def __init__(self, hub: Hub, framing: Framing, ids: list[str], ws) -> None:
-        super().__init__(hub, framing, ids)
+    def __init__(self, hub: Hub, framing: Framing, ids: list[str], ws,
+                 expires: float | None = None) -> None:
+        super().__init__(hub, framing, ids, expires=expires)
         #: gevent-websocket's connection object (its raw reads and writes only)
         self.ws = ws
 

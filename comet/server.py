@@ -23,7 +23,7 @@ import gevent.pool
 from gevent import pywsgi, socket
 from geventwebsocket.handler import WebSocketHandler
 
-from comet import config
+from comet import config, tokens
 from comet.app import CometApp
 from comet.broker import BrokerUnavailable
 from comet.ends import CLIENT_GONE
@@ -176,14 +176,23 @@ class CometHandler(WebSocketHandler):
         return checked_upgrade(self, super().upgrade_websocket)  # a bad one: 400/426, not 500
 
     def _handle_client_error(self, ex: Exception):
-        log.info("400 from %s: %s", self._client(), ex)
+        log.info("400 from %s: %s", self._client(), tokens.redacted(str(ex)))
         return super()._handle_client_error(ex)
+
+    def log_error(self, msg: str, *args) -> None:
+        """pywsgi's own error lines (a malformed request line quoted whole among them),
+        with any ``token=`` value hidden."""
+        try:
+            message = msg % args if args else msg
+        except (TypeError, ValueError):
+            message = f"{msg!r} {args!r}"
+        super().log_error(tokens.redacted(message))
 
     def handle_error(self, t, v, tb) -> None:
         if isinstance(v, TimeoutError):
             # A write blocked past --write-timeout, or a body slower than --read-timeout.
             log.info("closing %s: %s timed out", self._client(),
-                     getattr(self, "requestline", "request"))
+                     tokens.redacted(getattr(self, "requestline", None) or "request"))
             self.close_connection = True
             return
         super().handle_error(t, v, tb)
@@ -195,6 +204,11 @@ class CometHandler(WebSocketHandler):
     def log_request(self) -> None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s", self.format_request())
+
+    def format_request(self) -> str:
+        """pywsgi's access log line, whose request line carries the query string: a
+        subscriber's ``?token=`` is hidden in it (``token=[redacted]``)."""
+        return tokens.redacted(super().format_request())
 
 
 def listen(host: str, port: int, backlog: int, reuse_port: bool = False) -> socket.socket:
@@ -298,9 +312,30 @@ def serve(settings: config.Settings) -> int:
     return 0
 
 
+def announce_subscribing(settings: config.Settings) -> int | None:
+    """Check the token settings and say once who may subscribe; 2 if they are unusable.
+
+    Done before anything serves or forks, so that a bad key file stops the
+    server at once with one line, and every worker inherits the keys read here.
+    """
+    try:
+        verifier = tokens.verifier_for(settings)
+    except tokens.TokenSettingsError as exc:
+        log.error("%s", exc)
+        return 2
+    if verifier is None:
+        log.warning("subscribing is open to anyone: no token setting")
+    else:
+        log.info("subscribers need a token: %s", verifier.describe)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = config.load(argv)
     config.configure_logging(settings.log_level)
+    refused = announce_subscribing(settings)
+    if refused is not None:
+        return refused
     if settings.workers > 1:
         from comet import master  # not at the top: the master and its workers import this
 

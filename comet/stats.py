@@ -37,6 +37,9 @@ class Counters:
         self.messages_out = 0
         #: messages lost with dropped connections: the one refused and those queued
         self.messages_dropped = 0
+        #: subscribers refused by their token, by reason ("missing token", "expired",
+        #: "id not covered", ...): a 401, or a 403 for "id not covered"
+        self.subscribers_refused: Counter = Counter()
         #: connections the hub gave up on, by End.reason ("slow consumer", "write timed out")
         self.drops: Counter = Counter()
         #: connections closed, by End.reason ("client gone", "server shutting down", ...)
@@ -63,6 +66,7 @@ class Counters:
             "connections": {"total": held, **dict(sorted(self.open.items()))},
             "accepted": self.accepted,
             "refused": self.refused,
+            "subscribers_refused": dict(sorted(self.subscribers_refused.items())),
             "ids": ids,
             "messages": {"in": self.messages_in, "out": self.messages_out,
                          "dropped": self.messages_dropped},
@@ -100,6 +104,10 @@ def summed(snapshots: list[dict]) -> dict:
     return total
 
 
+#: snapshot fields counted by reason: their sums keep the reasons sorted
+BY_REASON = ("drops", "ends", "subscribers_refused")
+
+
 def _add(snapshots: list[dict]) -> dict:
     values: dict[str, list] = {}
     for snapshot in snapshots:
@@ -109,7 +117,7 @@ def _add(snapshots: list[dict]) -> dict:
     total = {}
     for key, found in values.items():
         if all(isinstance(v, dict) for v in found):
-            total[key] = dict(sorted(_add(found).items())) if key in ("drops", "ends") \
+            total[key] = dict(sorted(_add(found).items())) if key in BY_REASON \
                 else _add(found)
         elif all(v == found[0] for v in found) and not _is_number(found[0]):
             total[key] = found[0]  # what every worker agrees on: a broker's kind, its URL

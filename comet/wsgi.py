@@ -25,9 +25,10 @@ import tempfile
 
 import gevent
 
-from comet import config
+from comet import config, tokens
 from comet.app import CometApp
 from comet.master import spans_processes
+from comet.server import announce_subscribing
 
 log = logging.getLogger("comet.wsgi")
 
@@ -53,6 +54,8 @@ def _claim_only_worker() -> int:
 
 def _make_application(settings: config.Settings) -> CometApp:
     config.configure_logging(settings.log_level)
+    if announce_subscribing(settings) is not None:  # said in the log; gunicorn stops
+        raise tokens.TokenSettingsError("unusable token settings (the line above says why)")
     return CometApp(settings)
 
 

@@ -38,7 +38,7 @@ def test_preflight_allows_last_event_id(start_server):
                                        "Access-Control-Request-Method": "GET",
                                        "Access-Control-Request-Headers": "last-event-id"})
     assert answer.status_code == 204
-    assert answer.headers["Access-Control-Allow-Headers"] == "Last-Event-ID"
+    assert answer.headers["Access-Control-Allow-Headers"] == "Last-Event-ID, Authorization"
     assert answer.headers["Access-Control-Allow-Origin"] == "*"
 
 
