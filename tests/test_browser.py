@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests import tokenkeys
 from tests.browser import Chromium, Page
 from tests.forwarder import Forwarder
 from tests.realserver import RealServer, post
@@ -118,6 +119,27 @@ def test_websocket_page_receives_every_message_posted_in_order(start_server, pag
     comet = wait_received(page, texts, "WebSocket received every message")
     assert comet["received"] == texts
     assert comet["state"] == "open" and comet["errors"] == 0
+
+
+@pytest.mark.parametrize("transport", ["events", "ws"])
+def test_the_page_subscribes_with_a_token_and_is_told_when_it_expires(
+        start_server, page, transport):
+    """With tokens on, the page passes ?token= on (EventSource cannot set headers);
+    at the token's exp the SSE stream says ``expired``, the WebSocket closes 4001."""
+    server = start_server("--token-leeway", "0", env={"COMET_TOKEN_SECRET": tokenkeys.SECRET})
+    token = tokenkeys.hs256("dave", ttl=4)
+    open_page(page, server.url, f"id=dave&transport={transport}&token={token}")
+    server.wait_for(lambda s: s["connections"].get(transport) == 1,
+                    what="the page logged in with its token")
+    assert send(server, "dave", "with a token")["delivered"] == 1
+    wait_received(page, ["with a token"], "the page received with its token")
+    comet = page.wait_for(COMET, lambda c: c["state"] == "closed",
+                          what="the page told that its token expired", timeout=30)
+    if transport == "events":
+        assert comet.get("expired") == 1
+    else:
+        assert comet["closeCode"] == 4001
+    assert server.stats()["connections"]["total"] == 0
 
 
 def test_eventsource_resumes_after_a_dropped_stream_with_nothing_lost_or_repeated(
