@@ -243,12 +243,14 @@ class SleepingPoll(SleepingConnection):
             self._answer([], self.position(self.last))
 
     def end(self, end: End) -> None:
-        """Server shutdown: answer now, empty, so the client polls the next server."""
+        """Server shutdown, or the token ran out: answer now, empty, and close, so the
+        client polls again (the next server; with a fresh token). Counted as ``end``."""
         if self.ended is None:
-            self._answer([], self.position(self.last), keep_alive=False)
+            self._answer([], self.position(self.last), keep_alive=False, end=end)
 
-    def _answer(self, messages: list, last: str, keep_alive: bool = True) -> None:
-        self.ended = ends.ANSWERED
+    def _answer(self, messages: list, last: str, keep_alive: bool = True,
+                end: End = ends.ANSWERED) -> None:
+        self.ended = end
         self.hub.wheel.cancel(self)
         self._write(wire.chunk(wire.poll_answer(messages, last)) + wire.LAST_CHUNK)
         if self.pending is None and self.sock is not None:

@@ -257,6 +257,7 @@ def test_a_waiting_poll_is_answered_when_its_token_expires(start_server):
     assert answer.status_code == 200 and answer.json()["messages"] == []
     server.wait_for(lambda s: s["connections"]["total"] == 0 and s["token_timers"] == 0,
                     what="closed")
+    assert server.stats()["ends"].get("token expired") == 1  # in both lives
     again = requests.get(server.url + "/poll/alice", params={"token": keys.hs256(ttl=-1)},
                          timeout=15)
     assert again.status_code == 401
