@@ -28,8 +28,9 @@ import logging
 from collections.abc import Callable, Iterable
 from importlib import resources
 
-from comet import tokens
+from comet import publishers, tokens
 from comet.broker import BrokerUnavailable
+from comet.burstlog import BurstLog
 from comet.config import Settings
 from comet.framing import framing_for
 from comet.hub import RETRY_AFTER, Hub, Refused
@@ -37,12 +38,12 @@ from comet.inputs import (
     BadRequest,
     check_batch_type,
     check_id,
-    check_publisher,
     ids_of,
     last_event_id,
     parse_batch,
     read_body,
 )
+from comet.ratelimit import RateLimiter, retry_after
 from comet.response import PollResponse, StreamResponse, WebSocketResponse
 from comet.stats import memory_by_line
 
@@ -71,6 +72,16 @@ class CometApp:
         self.stats = stats if stats is not None else self.hub.snapshot
         #: verifies subscriber tokens; None: subscribing is open to anyone
         self.tokens = tokens.verifier_for(settings)
+        #: who may publish: the configured keys (kept current), or loopback alone
+        self.publishers = publishers.keys_for(settings)
+        self.hub.publish_keys = self.publishers.fingerprints
+        #: --publish-rate-per-key; None: unlimited
+        self.limiter = (RateLimiter(settings.publish_rate_per_key)
+                        if settings.publish_rate_per_key else None)
+        #: one log line per burst of publisher refusals, per reason
+        self._refusals = {reason: BurstLog(log, f"publishers refused ({reason})")
+                          for reason in (publishers.MISSING, publishers.WRONG,
+                                         publishers.NOT_LOOPBACK, publishers.OVER_RATE)}
         self._allowed_origins = _origins(settings.allow_origin)
         self._routes = {
             "test": (self.test_stream, ("GET", "HEAD")),
@@ -108,6 +119,8 @@ class CometApp:
             log.warning("503 %s %s: %s", method, path[:80], down)
             return self._broker_down(respond)
         except BadRequest as error:
+            if error.logged:
+                return self._plain(respond, error.status, error.reason + "\n", error.headers)
             log.info("%s %s %s: %s (client %s)", error.status[:3], method, path[:80],
                      error.reason, environ.get("REMOTE_ADDR"))
             return self._plain(respond, error.status, error.reason + "\n", error.headers)
@@ -287,8 +300,36 @@ class CometApp:
 
     # -- publishing -----------------------------------------------------------
 
+    def _publisher(self, environ: dict) -> str:
+        """Who publishes (a key's fingerprint, or loopback): else a 401 or 403, counted,
+        logged once per burst (a key guesser writes no line per guess)."""
+        try:
+            return self.publishers.identify(environ)
+        except publishers.PublishRefused as refused:
+            self.hub.refuse_publisher(refused.reason)
+            self._refusals[refused.reason].note(
+                f"{refused.status[:3]} {environ['REQUEST_METHOD']} "
+                f"{environ.get('PATH_INFO', '')[:80]} from {environ.get('REMOTE_ADDR')}")
+            raise BadRequest(refused.status, refused.text, refused.headers,
+                             logged=True) from None
+
+    def _within_rate(self, environ: dict, who: str, messages: int) -> None:
+        """429 with Retry-After when ``who`` is over --publish-rate-per-key."""
+        if self.limiter is None:
+            return
+        wait = self.limiter.take(who, messages, self.publishers.identities)
+        if wait is None:
+            return
+        self.hub.refuse_publisher(publishers.OVER_RATE, who, messages)
+        self._refusals[publishers.OVER_RATE].note(
+            f"{messages} messages of publisher {who} from {environ.get('REMOTE_ADDR')}")
+        raise BadRequest("429 Too Many Requests",
+                         f"over {self.limiter.rate:g} messages a second for this publisher",
+                         (("Retry-After", retry_after(wait)),), logged=True)
+
     def _message(self, environ: dict) -> bytes:
-        check_publisher(environ, self.settings.publish_key)
+        who = self._publisher(environ)
+        self._within_rate(environ, who, 1)
         return read_body(environ, self.settings.max_message, self.settings.read_timeout)
 
     def send(self, environ: dict, respond: StartResponse, path_id: str) -> list[bytes]:
@@ -303,10 +344,11 @@ class CometApp:
         batch pays it once. ``delivered`` counts this process's deliveries (None
         where the broker spans processes, as for ``POST /send/<id>``).
         """
-        check_publisher(environ, self.settings.publish_key)
+        who = self._publisher(environ)
         check_batch_type(environ)
         body = read_body(environ, self.settings.max_batch, self.settings.read_timeout)
         batch = parse_batch(body, self.settings.max_message)
+        self._within_rate(environ, who, len(batch))
         counts = [delivered for _, delivered in self.hub.publish_many(batch)]
         delivered = None if None in counts else sum(counts)
         return self._json(respond, {"accepted": len(batch), "delivered": delivered})
@@ -325,7 +367,7 @@ class CometApp:
         return self._json(respond, self.stats())
 
     def memory_json(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
-        check_publisher(environ, self.settings.publish_key)  # loopback or the key: it is costly
+        self._publisher(environ)  # loopback or a key, as for publishing: it is costly
         return self._json(respond, memory_by_line())
 
     def health(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:

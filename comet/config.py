@@ -77,6 +77,23 @@ def text_or_none(text: str) -> str | None:
     return text or None
 
 
+def key_list(text: str) -> tuple[str, ...] | None:
+    """Comma-separated keys (blanks around each stripped), or None for a blank value.
+
+    The error names a key by its position only: the value is a secret.
+    """
+    if not text.strip():
+        return None
+    keys = tuple(key.strip() for key in text.split(","))
+    for position, key in enumerate(keys, 1):
+        if not key:
+            raise ValueError(f"key {position} of the list is empty")
+        if not key.isascii() or not key.isprintable() or " " in key:
+            raise ValueError(f"key {position} of the list is not printable ASCII "
+                             "without blanks")
+    return keys
+
+
 def redis_url(text: str) -> str | None:
     """A Redis URL redis-py understands, or None (empty: the in-process broker)."""
     if not text:
@@ -131,9 +148,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_message", positive_int, 64 * 1024, "bytes in a published message at most (413)"),
     Setting("max_batch", positive_int, 1024 * 1024,
             "bytes in one batch publish (POST /send, newline-delimited JSON) at most (413)"),
+    Setting("publish_keys", key_list, None,
+            "publisher keys, comma-separated: with any key configured every publisher "
+            "(loopback too) needs one, as Authorization: Bearer or X-API-Key; "
+            "environment only, never a flag (see --publish-key-file)", secret=True),
     Setting("publish_key", text_or_none, None,
-            "bearer key that lets non-loopback clients publish (and that loopback "
-            "clients must give if they send one)"),
+            "one more publisher key (kept from before COMET_PUBLISH_KEYS); environment only",
+            secret=True),
+    Setting("publish_key_file", text_or_none, None,
+            "file of publisher keys, one a line (blank lines and # comments ignored); "
+            "re-read when it changes (checked at most once a second, on a publish) and "
+            "on SIGHUP without --workers"),
+    Setting("publish_rate_per_key", non_negative_float, 0.0,
+            "messages per second each publisher key may publish (a batch counts its "
+            "messages; the keyless loopback publisher counts as one key); over it: 429 "
+            "with Retry-After (0: unlimited)"),
     Setting("token_secret", text_or_none, None,
             "HS256 secret (at least 32 bytes) that subscriber tokens are signed with; "
             "environment only, never a flag (see --token-secret-file)", secret=True),
@@ -195,7 +224,7 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME = {s.name: s for s in SETTINGS}
 
 #: settings whose values never appear in a log line or a repr
-HIDDEN = frozenset({"publish_key"} | {s.name for s in SETTINGS if s.secret})
+HIDDEN = frozenset(s.name for s in SETTINGS if s.secret)
 
 
 class Settings:

@@ -32,7 +32,7 @@ Nothing here knows HTTP, sockets or a transport's framing beyond asking a
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from comet import ends
 from comet.broker import Broker, BrokerUnavailable, Message, Replay
@@ -168,6 +168,8 @@ class Hub:
         #: gives freed memory back once most connections have gone
         self.releaser = MemoryReleaser(lambda: self.counters.held, compact=self.router.compact)
         self.accepting = True
+        #: fingerprints of the publisher keys in use (the app sets it), for /stats
+        self.publish_keys: Callable[[], list[str]] = list
 
     # -- admission ------------------------------------------------------------------
 
@@ -191,6 +193,12 @@ class Hub:
     def refuse_subscriber(self, reason: str) -> None:
         """Count a subscriber refused for its token (401) or for an id it may not have (403)."""
         self.counters.subscribers_refused[reason] += 1
+
+    def refuse_publisher(self, reason: str, who: str | None = None, messages: int = 0) -> None:
+        """Count a publisher refused (401, 403, 429); over the rate, its messages by ``who``."""
+        self.counters.publishers_refused[reason] += 1
+        if who is not None:
+            self.counters.publishes_limited[who] += messages
 
     # -- a connection's life ----------------------------------------------------------
 
@@ -352,5 +360,6 @@ class Hub:
         """``/stats``: the counters, ids held, sleeping timers and the broker."""
         snapshot = self.counters.snapshot(self.router.ids, len(self.wheel))
         snapshot["token_timers"] = len(self.expiries)
+        snapshot["publish_keys"] = self.publish_keys()
         snapshot["broker"] = self.broker.snapshot()
         return snapshot

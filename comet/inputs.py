@@ -1,4 +1,4 @@
-"""What a request may carry, validated: ids, the publisher's key, a bounded body.
+"""What a request may carry, validated: ids, positions, a bounded body, a batch.
 
 Each check raises :class:`BadRequest` with the status and a one-line reason,
 which the app turns into a short plain-text answer and a log line. Nothing here
@@ -7,7 +7,6 @@ writes a response.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import re
@@ -29,11 +28,14 @@ MAX_POSITION = 8192
 class BadRequest(Exception):
     """A client error: ``status`` is the HTTP status line, ``reason`` says why."""
 
-    def __init__(self, status: str, reason: str, headers: tuple = ()) -> None:
+    def __init__(self, status: str, reason: str, headers: tuple = (),
+                 logged: bool = False) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.headers = headers
+        #: already logged where it was raised (once per burst): the app writes no line
+        self.logged = logged
 
 
 def check_id(id: str) -> str:
@@ -61,23 +63,6 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address.split("%")[0]).is_loopback
     except ValueError:
         return False
-
-
-def check_publisher(environ: dict, key: str | None) -> None:
-    """Loopback may publish without a key; anyone may with the right bearer key."""
-    given = environ.get("HTTP_AUTHORIZATION")
-    if given is not None and key is not None:
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
-                                                              key.encode()):
-            return
-        raise BadRequest("403 Forbidden", "wrong publish key")
-    if is_loopback(environ.get("REMOTE_ADDR", "")):
-        return
-    if key is None:
-        raise BadRequest("403 Forbidden",
-                         "publishing is for loopback clients (no --publish-key is set)")
-    raise BadRequest("403 Forbidden", "publishing needs Authorization: Bearer <key>")
 
 
 def read_body(environ: dict, limit: int, timeout: float) -> bytes:

@@ -23,7 +23,7 @@ import gevent.pool
 from gevent import pywsgi, socket
 from geventwebsocket.handler import WebSocketHandler
 
-from comet import config, tokens
+from comet import config, publishers, tokens
 from comet.app import CometApp
 from comet.broker import BrokerUnavailable
 from comet.ends import CLIENT_GONE
@@ -306,6 +306,8 @@ def serve(settings: config.Settings) -> int:
     app.hub.counters.reset_baseline()
     host, port = server.address[:2]
     stopping = stop_signals()
+    # One process: SIGHUP re-reads the publisher key file (a master's means a rolling restart).
+    gevent.signal_handler(signal.SIGHUP, app.publishers.reload)
     log.info("serving on http://%s:%d/ (pid %d)", host, port, os.getpid())
     stopping.wait()
     drain(settings, app, server)
@@ -330,10 +332,32 @@ def announce_subscribing(settings: config.Settings) -> int | None:
     return None
 
 
+def announce_publishing(settings: config.Settings) -> int | None:
+    """Check the publisher keys and say once who may publish; 2 if they are unusable.
+
+    Before anything serves or forks, like the token settings: an unreadable or
+    empty key file stops the server with one line. Never a key in it: counts,
+    sources and, for a key too short, its fingerprint.
+    """
+    try:
+        keys = publishers.keys_for(settings)
+    except publishers.PublisherSettingsError as exc:
+        log.error("%s", exc)
+        return 2
+    if not keys.configured:
+        log.info("publishing is for loopback clients only: no publisher key")
+        return None
+    log.info("publishers need a key: %s", keys.describe())
+    for name in keys.short_keys():
+        log.warning("publisher key %s is shorter than %d characters: use a long random one",
+                    name, publishers.SHORT_KEY)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = config.load(argv)
     config.configure_logging(settings.log_level)
-    refused = announce_subscribing(settings)
+    refused = announce_subscribing(settings) or announce_publishing(settings)
     if refused is not None:
         return refused
     if settings.workers > 1:

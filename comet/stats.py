@@ -40,6 +40,12 @@ class Counters:
         #: subscribers refused by their token, by reason ("missing token", "expired",
         #: "id not covered", ...): a 401, or a 403 for "id not covered"
         self.subscribers_refused: Counter = Counter()
+        #: publishers refused, by reason ("missing key", "wrong key", "not loopback",
+        #: "over rate"): a 401, 403 or 429
+        self.publishers_refused: Counter = Counter()
+        #: messages refused over --publish-rate-per-key, by publisher (a key's fingerprint,
+        #: or "loopback"): one entry per configured key at most
+        self.publishes_limited: Counter = Counter()
         #: connections the hub gave up on, by End.reason ("slow consumer", "write timed out")
         self.drops: Counter = Counter()
         #: connections closed, by End.reason ("client gone", "server shutting down", ...)
@@ -67,6 +73,8 @@ class Counters:
             "accepted": self.accepted,
             "refused": self.refused,
             "subscribers_refused": dict(sorted(self.subscribers_refused.items())),
+            "publishers_refused": dict(sorted(self.publishers_refused.items())),
+            "publishes_limited": dict(sorted(self.publishes_limited.items())),
             "ids": ids,
             "messages": {"in": self.messages_in, "out": self.messages_out,
                          "dropped": self.messages_dropped},
@@ -81,7 +89,8 @@ class Counters:
 
 
 #: snapshot fields that describe one process: listed per worker, never added up
-PER_PROCESS = frozenset({"pid", "uptime", "index", "accepting", "rss_per_connection"})
+PER_PROCESS = frozenset({"pid", "uptime", "index", "accepting", "rss_per_connection",
+                         "publish_keys"})
 
 
 def summed(snapshots: list[dict]) -> dict:
@@ -105,7 +114,8 @@ def summed(snapshots: list[dict]) -> dict:
 
 
 #: snapshot fields counted by reason: their sums keep the reasons sorted
-BY_REASON = ("drops", "ends", "subscribers_refused")
+BY_REASON = ("drops", "ends", "subscribers_refused", "publishers_refused",
+             "publishes_limited")
 
 
 def _add(snapshots: list[dict]) -> dict:

@@ -25,10 +25,10 @@ import tempfile
 
 import gevent
 
-from comet import config, tokens
+from comet import config, publishers, tokens
 from comet.app import CometApp
 from comet.master import spans_processes
-from comet.server import announce_subscribing
+from comet.server import announce_publishing, announce_subscribing
 
 log = logging.getLogger("comet.wsgi")
 
@@ -56,6 +56,8 @@ def _make_application(settings: config.Settings) -> CometApp:
     config.configure_logging(settings.log_level)
     if announce_subscribing(settings) is not None:  # said in the log; gunicorn stops
         raise tokens.TokenSettingsError("unusable token settings (the line above says why)")
+    if announce_publishing(settings) is not None:
+        raise publishers.PublisherSettingsError("unusable publisher keys (the line above says why)")
     return CometApp(settings)
 
 

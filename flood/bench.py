@@ -33,7 +33,17 @@ import gevent
 
 from comet import capacity
 from comet.hostlimits import FLOOD_FD_MARGIN, processes_needed, raise_open_files_limit
-from flood import benchtable, measure, memory, netns, precheck, publishing, redisproc, stats
+from flood import (
+    benchtable,
+    measure,
+    memory,
+    netns,
+    precheck,
+    publishing,
+    publishkey,
+    redisproc,
+    stats,
+)
 from flood.measure import SAMPLE, Timeline
 from flood.procs import Children
 from flood.report import write_json
@@ -185,7 +195,8 @@ class Bench:
             if args.publish_rate:
                 self.result["per_user"] = publishing.per_user(
                     server.url, self.timeline, children, args.connections, args.publish_rate,
-                    args.publish_for, args.publish_batch, args.publish_concurrency)
+                    args.publish_for, args.publish_batch, args.publish_concurrency,
+                    args.publish_key_file)
             if server.redis_url:
                 self.result.update(redisproc.figures(server.redis_url, server.redis_pid,
                                                      before, after, held))
@@ -269,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "one request per message)")
     p.add_argument("--publish-concurrency", type=int, default=8, metavar="C",
                    help="msggen's senders with --publish-rate (default 8)")
+    p.add_argument("--publish-key-file", metavar="PATH",
+                   help="publish (broadcasts, msggen) with the first key in this file "
+                        "(default: $COMET_PUBLISH_KEY_FOR_CLIENT if set, else no key)")
     p.add_argument("--fanout-timeout", type=float, default=60.0,
                    help="seconds to wait for the broadcast to reach everyone (default 60)")
     p.add_argument("--netns", action="store_true",
@@ -319,6 +333,10 @@ def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpars
                      "so that it measures (and starts) what the server uses")
     if args.concurrency is not None and args.concurrency < 1:
         parser.error("--concurrency must be positive")
+    try:
+        publishkey.client_key(args.publish_key_file)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.publish_rate is not None and (args.publish_rate <= 0 or args.publish_for <= 0
                                           or args.publish_batch < 1
                                           or args.publish_concurrency < 1):

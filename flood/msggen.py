@@ -8,7 +8,9 @@ measures. With ``--batch N``, up to N due messages go in one ``POST /send``
 (newline-delimited JSON). Every message
 carries its send time (``ts=...``, :func:`flood.latency.stamp`) so a flood reading the
 streams measures delivery latency. It reports sent/s, errors by kind and what the
-server answered (how many connections each message reached).
+server answered (how many connections each message reached). A server that needs a
+publisher key gets one from ``--publish-key-file`` or ``$COMET_PUBLISH_KEY_FOR_CLIENT``
+(:mod:`flood.publishkey`).
 
 Pacing: message k is due at ``start + k / rate``; one pacer greenlet hands due messages
 to the senders, so the rate is never exceeded. If the senders fall behind, the
@@ -34,6 +36,7 @@ import gevent.queue
 from flood.ids import Popularity, parse_ids
 from flood.latency import stamp
 from flood.publisher import DecodeError, HeadError, Publisher
+from flood.publishkey import ENV, client_key, header_fields
 from flood.report import write_json
 from flood.urls import BadUrl, parse_ports, parse_url
 
@@ -60,7 +63,8 @@ class Generator:
 
     def __init__(self, base: str, ids: list[str], rate: float, skew: float = 0.0,
                  ports: list[int] | None = None, concurrency: int = 16, timeout: float = 5.0,
-                 seed: int | None = None, text: str = "msg", batch: int = 1) -> None:
+                 seed: int | None = None, text: str = "msg", batch: int = 1,
+                 key: str | None = None) -> None:
         target = parse_url(base.rstrip("/") + "/")
         self.host = f"[{target.host}]" if ":" in target.host else target.host
         self.ports = ports or [target.port]
@@ -73,6 +77,8 @@ class Generator:
         self.text = text
         #: messages one request may carry: 1 sends POST /send/<id>, more a POST /send batch
         self.batch = batch
+        #: header lines every request carries: the publisher key, when there is one
+        self._headers = header_fields(key)
         self.tally = Tally()
         self.stopped = gevent.event.Event()
         self._queue: gevent.queue.Queue = gevent.queue.Queue(maxsize=concurrency * 2 * batch)
@@ -144,7 +150,8 @@ class Generator:
         ``port`` (opened again after a failure); the tally counts messages."""
         conn = connections.get(port)
         if conn is None:
-            conn = connections[port] = Publisher(self.host.strip("[]"), port, self.timeout)
+            conn = connections[port] = Publisher(self.host.strip("[]"), port, self.timeout,
+                                                       self._headers)
         try:
             status, raw = conn.post(path, body, content_type)
             answer = _json_or_none(raw)
@@ -234,15 +241,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="messages per request: up to N due ones in one POST /send, "
                         "newline-delimited JSON (default 1: POST /send/<id> each)")
     p.add_argument("--json", metavar="FILE", help="write the totals here")
+    p.add_argument("--publish-key-file", metavar="PATH",
+                   help=f"publish with the first key in this file (default: ${ENV} if set, "
+                        "else no key); never a key on the command line")
     args = p.parse_args(argv)
     if args.rate <= 0 or args.concurrency < 1 or args.report <= 0 or args.batch < 1:
         p.error("--rate, --concurrency, --report and --batch must be positive")
     if args.duration is not None and args.duration <= 0:
         p.error("--duration must be positive")
     try:
+        key = client_key(args.publish_key_file)
         gen = Generator(args.base, parse_ids(args.ids), args.rate, args.skew,
                         parse_ports(args.ports) if args.ports else None,
-                        args.concurrency, args.timeout, args.seed, batch=args.batch)
+                        args.concurrency, args.timeout, args.seed, batch=args.batch,
+                        key=key)
     except (ValueError, BadUrl) as exc:
         p.error(str(exc))
     # Ctrl-C: stop pacing; the senders finish what is queued, then the totals print

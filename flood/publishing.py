@@ -33,7 +33,8 @@ SETTLE = 15.0
 
 
 def per_user(url: str, timeline: Timeline, children: Children, ids: int, rate: float,
-             seconds: float, batch: int, concurrency: int) -> dict:
+             seconds: float, batch: int, concurrency: int,
+             key_file: str | None = None) -> dict:
     """Publish for ``seconds`` at ``rate`` to ids 1..``ids``; sent, received, latency."""
     before = latency.merge([s["hist"] for s in children.snapshots()])
     fd, out = tempfile.mkstemp(prefix="bench-msggen-", suffix=".json")
@@ -41,6 +42,8 @@ def per_user(url: str, timeline: Timeline, children: Children, ids: int, rate: f
     command = [sys.executable, "-m", "flood.msggen", "--base", url, "--ids", f"1-{ids}",
                "--rate", f"{rate:g}", "--duration", f"{seconds:g}", "--batch", str(batch),
                "--concurrency", str(concurrency), "--report", "10", "--json", out]
+    if key_file:  # else msggen reads $COMET_PUBLISH_KEY_FOR_CLIENT, inherited
+        command += ["--publish-key-file", key_file]
     timeline.log(f"bench: publishing {rate:g}/s for {seconds:g} s: {' '.join(command[1:])}")
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

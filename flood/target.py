@@ -22,7 +22,7 @@ import gevent
 import psutil
 import requests
 
-from flood import memory, redisproc
+from flood import memory, publishkey, redisproc
 
 #: Seconds after the server is ready before Redis is measured: Redis shrinks the query
 #: buffer of a client idle for 2 s (tens of KB each, the server's connections just made),
@@ -33,11 +33,12 @@ REDIS_SETTLE = 3.0
 STOP_TIMEOUT = 20.0
 
 
-def _http(method: str, url: str, data: bytes | None = None, timeout: float = 10.0):
+def _http(method: str, url: str, data: bytes | None = None, timeout: float = 10.0,
+          headers: dict | None = None):
     """A blocking request run in gevent's thread pool so the flood pipes keep draining."""
     def call():
         try:
-            return requests.request(method, url, data=data, timeout=timeout)
+            return requests.request(method, url, data=data, timeout=timeout, headers=headers)
         except requests.RequestException as exc:
             return exc
     answer = gevent.get_hub().threadpool.apply(call)
@@ -90,6 +91,8 @@ class ServerUnderTest:
         self.log_path = ""
         #: When every process of the server was accepting (:meth:`wait_workers`).
         self.ready_at = 0.0
+        #: The publisher key bench's broadcasts carry (None: none, loopback publishes).
+        self.publish_key = publishkey.client_key(getattr(args, "publish_key_file", None))
 
     @property
     def pids(self) -> list[int]:
@@ -248,5 +251,7 @@ class ServerUnderTest:
             gevent.sleep(max(0.0, self.ready_at + REDIS_SETTLE - time.time()))
 
     def post(self, path: str, body: bytes, timeout: float = 10.0) -> requests.Response:
-        """POST to the server (``/broadcast``) without blocking the flood pipes."""
-        return _http("POST", self.url + path, data=body, timeout=timeout)
+        """POST to the server (``/broadcast``) without blocking the flood pipes, with the
+        publisher key (``--publish-key-file``, ``$COMET_PUBLISH_KEY_FOR_CLIENT``) if any."""
+        return _http("POST", self.url + path, data=body, timeout=timeout,
+                     headers=publishkey.headers(self.publish_key))

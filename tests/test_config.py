@@ -9,7 +9,7 @@ def test_defaults():
     settings = config.load([], environ={})
     assert settings.port == 8000 and settings.interval == 10.0
     assert settings.max_message == 65536 and settings.queue_limit == 256
-    assert settings.publish_key is None and settings.host == "0.0.0.0"
+    assert settings.publish_keys is None and settings.host == "0.0.0.0"
 
 
 def test_flag_beats_environment_beats_default():
