@@ -79,9 +79,7 @@ class CometApp:
         self.limiter = (RateLimiter(settings.publish_rate_per_key)
                         if settings.publish_rate_per_key else None)
         #: one log line per burst of publisher refusals, per reason
-        self._refusals = {reason: BurstLog(log, f"publishers refused ({reason})")
-                          for reason in (publishers.MISSING, publishers.WRONG,
-                                         publishers.NOT_LOOPBACK, publishers.OVER_RATE)}
+        self._refusals = BurstLog(log, level=logging.INFO)
         self._allowed_origins = _origins(settings.allow_origin)
         self._routes = {
             "test": (self.test_stream, ("GET", "HEAD")),
@@ -119,10 +117,12 @@ class CometApp:
             log.warning("503 %s %s: %s", method, path[:80], down)
             return self._broker_down(respond)
         except BadRequest as error:
-            if error.logged:
-                return self._plain(respond, error.status, error.reason + "\n", error.headers)
-            log.info("%s %s %s: %s (client %s)", error.status[:3], method, path[:80],
-                     error.reason, environ.get("REMOTE_ADDR"))
+            line = ("%s %s %s: %s (client %s)", error.status[:3], method, path[:80],
+                    error.reason, environ.get("REMOTE_ADDR"))
+            if error.limit is not None:  # counted, and logged once per burst
+                self.hub.refuse(error.limit, *line)
+            elif not error.logged:  # a publisher's refusal is logged once per burst, above
+                log.info(*line)
             return self._plain(respond, error.status, error.reason + "\n", error.headers)
 
     def _route(self, path: str) -> tuple:
@@ -206,24 +206,29 @@ class CometApp:
                                'Bearer realm="comet", error="insufficient_scope"'),))
         return self.tokens.expires_at(claims)
 
-    def _admit(self, environ: dict, transport: str):
-        """Room for one more connection? Returns the socket a drop may shut down, if any."""
+    def _ids(self, path_id: str, environ: dict) -> list[str]:
+        return ids_of(path_id, environ.get("QUERY_STRING", ""), self.settings.max_ids)
+
+    def _admit(self, environ: dict, transport: str) -> tuple:
+        """Room for one more connection? Returns whom it counts against (for
+        ``--max-per-ip``, or None) and the socket a drop may shut down, if any."""
+        client = self.hub.client(environ.get("REMOTE_ADDR"))
         try:
-            self.hub.admit()
+            self.hub.admit(client)
         except Refused as refused:
-            raise BadRequest("503 Service Unavailable", refused.reason,
+            raise BadRequest(refused.status, refused.reason,
                              (("Retry-After", str(refused.retry_after)),
-                              ("Connection", "close"))) from None
+                              ("Connection", "close")), limit=refused.kind) from None
         sock = next((environ[k] for k in SOCKET_KEYS if k in environ), None)
         if sock is not None and transport != "poll":
             sock.settimeout(self.settings.write_timeout)
         # A dropped WebSocket finishes its current frame (bounded by --write-timeout)
         # so that it can send close code 1008; other streams are cut at once.
-        return sock if transport in ("test", "events") else None
+        return client, sock if transport in ("test", "events") else None
 
     def _stream(self, environ: dict, respond: StartResponse, path_id: str,
                 transport: str, resume_from: str | None = None) -> Iterable[bytes]:
-        ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
+        ids = self._ids(path_id, environ)
         expires = self._subscriber(environ, ids)
         framing = framing_for(transport, self.settings)
         headers = [("Content-Type", framing.content_type), ("Cache-Control", "no-cache"),
@@ -231,10 +236,10 @@ class CometApp:
         if environ["REQUEST_METHOD"] == "HEAD":
             respond("200 OK", headers)
             return []
-        sock = self._admit(environ, transport)
+        client, sock = self._admit(environ, transport)
         respond("200 OK", headers)
         return StreamResponse(self.hub, framing, ids, resume_from, resume_from is not None, sock,
-                              expires)
+                              expires, client)
 
     def test_stream(self, environ: dict, respond: StartResponse,
                     path_id: str) -> Iterable[bytes]:
@@ -244,16 +249,16 @@ class CometApp:
         return self._stream(environ, respond, path_id, "events", last_event_id(environ))
 
     def poll(self, environ: dict, respond: StartResponse, path_id: str) -> Iterable[bytes]:
-        ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
+        ids = self._ids(path_id, environ)
         expires = self._subscriber(environ, ids)
         since = last_event_id(environ, header=None, param="since")
         framing = framing_for("poll", self.settings)
-        self._admit(environ, "poll")
+        client, _ = self._admit(environ, "poll")
         respond("200 OK", [("Content-Type", framing.content_type), ("Cache-Control", "no-store")])
-        return PollResponse(self.hub, framing, ids, since, expires)
+        return PollResponse(self.hub, framing, ids, since, expires, client)
 
     def websocket(self, environ: dict, respond: StartResponse, path_id: str) -> Iterable[bytes]:
-        ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
+        ids = self._ids(path_id, environ)
         expires = self._subscriber(environ, ids)
         ws = environ.get("wsgi.websocket")
         if ws is None and environ.get("HTTP_UPGRADE", "").lower() == "websocket":
@@ -266,8 +271,9 @@ class CometApp:
                              "speaks it: python -m comet.server, or gunicorn with "
                              "comet.gunicorn.Worker or geventwebsocket's GeventWebSocketWorker)",
                              (("Upgrade", "websocket"),))
-        self._admit(environ, "ws")
-        return WebSocketResponse(self.hub, framing_for("ws", self.settings), ids, ws, expires)
+        client, _ = self._admit(environ, "ws")
+        return WebSocketResponse(self.hub, framing_for("ws", self.settings), ids, ws, expires,
+                                 client)
 
     def refuses_websocket(self, handler) -> bool:
         """gevent-websocket's ``pre_start_hook``: True answers over plain HTTP, no upgrade.
@@ -287,13 +293,13 @@ class CometApp:
         if route != self.websocket:
             return True
         try:
-            ids = ids_of(path_id, environ.get("QUERY_STRING", ""))
+            ids = self._ids(path_id, environ)
             expires = self._subscriber(environ, ids, count=False)
         except BadRequest:
             return True
         if expires is not None:
             environ[TOKEN_EXPIRES] = expires
-        return self.hub.room() is not None
+        return self.hub.room(self.hub.client(environ.get("REMOTE_ADDR"))) is not None
 
     def shutdown(self) -> int:
         return self.hub.shutdown()
@@ -307,9 +313,10 @@ class CometApp:
             return self.publishers.identify(environ)
         except publishers.PublishRefused as refused:
             self.hub.refuse_publisher(refused.reason)
-            self._refusals[refused.reason].note(
-                f"{refused.status[:3]} {environ['REQUEST_METHOD']} "
-                f"{environ.get('PATH_INFO', '')[:80]} from {environ.get('REMOTE_ADDR')}")
+            self._refusals.log(f"publishers refused ({refused.reason})",
+                               "publishers refused (%s): %s %s %s from %s", refused.reason,
+                               refused.status[:3], environ["REQUEST_METHOD"],
+                               environ.get("PATH_INFO", "")[:80], environ.get("REMOTE_ADDR"))
             raise BadRequest(refused.status, refused.text, refused.headers,
                              logged=True) from None
 
@@ -321,8 +328,9 @@ class CometApp:
         if wait is None:
             return
         self.hub.refuse_publisher(publishers.OVER_RATE, who, messages)
-        self._refusals[publishers.OVER_RATE].note(
-            f"{messages} messages of publisher {who} from {environ.get('REMOTE_ADDR')}")
+        self._refusals.log(f"publishers refused ({publishers.OVER_RATE})",
+                           "publishers refused (%s): %d messages of publisher %s from %s",
+                           publishers.OVER_RATE, messages, who, environ.get("REMOTE_ADDR"))
         raise BadRequest("429 Too Many Requests",
                          f"over {self.limiter.rate:g} messages a second for this publisher",
                          (("Retry-After", retry_after(wait)),), logged=True)

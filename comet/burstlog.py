@@ -1,15 +1,16 @@
-"""One log line per burst of refusals, not one per request.
+"""Log a refusal once per burst, not once per request.
 
-A client hammering a limit (a wrong key, a rate, a connection cap) would
-otherwise write a line per request, and the log would become the load. A
-:class:`BurstLog` writes the first refusal of a quiet period at once, counts
-the ones that follow, and writes one summary line per ``every`` seconds while
-they keep coming (how many, and the last one's detail); a period with none
-ends the burst, and the next refusal is written at once again. Nothing is
-lost from the counts, which ``/stats`` keeps; only the lines are spared.
-
-At most one timer is pending per BurstLog; any limit that refuses can keep one
-per reason.
+A client that is over a limit (a connection cap, a rate, a wrong publisher
+key) tends to be over it a thousand times a second; a line each would fill
+the disk, bury every other line, and make the log the load. A
+:class:`BurstLog` logs the first refusal of a kind at once, then counts the
+ones that follow within ``window`` seconds and says how many in one line when
+the window has passed (a timer, so the summary comes even if nothing else is
+refused); a window with none ends the burst, and the kind's next refusal is
+logged at once again. Nothing is lost from the counts, which ``/stats``
+keeps; only the lines are spared. Its state is one entry per kind that
+refused in the current window: bounded by the number of kinds, never by the
+number of clients.
 """
 
 from __future__ import annotations
@@ -19,37 +20,51 @@ from collections.abc import Callable
 
 import gevent
 
-#: seconds between two summary lines of one burst
-EVERY = 10.0
+#: seconds after a kind's first line during which its next ones are only counted
+WINDOW = 10.0
 
 
 class BurstLog:
-    """``note(detail)`` for each refusal of one kind; the log sees the first and summaries."""
+    """Rate-limited log lines, one stream of them per kind of refusal."""
 
-    def __init__(self, log: logging.Logger, what: str, every: float = EVERY,
-                 level: int = logging.INFO,
-                 later: Callable[[float, Callable[[], None]], object] = gevent.spawn_later
-                 ) -> None:
-        self.log, self.what, self.every, self.level = log, what, every, level
-        self._later = later
-        #: refusals since the last line; None: no burst (the next one is written at once)
-        self._since: int | None = None
-        self._last = ""
+    def __init__(self, logger: logging.Logger, window: float = WINDOW,
+                 level: int = logging.WARNING,
+                 later: Callable[[float, Callable[[], None]], object] | None = None) -> None:
+        self.logger = logger
+        self.window = window
+        self.level = level
+        #: how a summary is scheduled: gevent's timer (tests may collect the calls)
+        self._later = later or (lambda delay, call: gevent.spawn_later(delay, call))
+        #: kind -> [refusals counted since its last line, the last one's (message, args)]
+        self._quiet: dict[str, list] = {}
 
-    def note(self, detail: str) -> None:
-        if self._since is None:
-            self.log.log(self.level, "%s: %s", self.what, detail)
-            self._since = 0
-            self._later(self.every, self._summary)
+    def __len__(self) -> int:
+        """Kinds in a window now (each holds one entry until its summary)."""
+        return len(self._quiet)
+
+    def log(self, kind: str, message: str, *args) -> None:
+        """Log ``message % args`` now if ``kind`` is quiet; else count it for the summary."""
+        held = self._quiet.get(kind)
+        if held is not None:
+            held[0] += 1
+            held[1] = (message, args)
             return
-        self._since += 1
-        self._last = detail
+        self.logger.log(self.level, message, *args)
+        self._quiet[kind] = [0, None]
+        self._later(self.window, lambda: self._summarise(kind))
 
-    def _summary(self) -> None:
-        if not self._since:
-            self._since = None  # a quiet period: the burst is over
+    def _summarise(self, kind: str) -> None:
+        """The window has passed: one line for what it counted, and another window while
+        the burst goes on; a window with nothing in it ends the burst."""
+        held = self._quiet.get(kind)
+        if held is None:
             return
-        self.log.log(self.level, "%s: %d more in the last %g s (the last: %s)",
-                     self.what, self._since, self.every, self._last)
-        self._since = 0
-        self._later(self.every, self._summary)
+        count, example = held
+        if not count:
+            del self._quiet[kind]
+            return
+        message, args = example
+        self.logger.log(self.level, "%d more refused in %g s (%s), the last: " + message,
+                        count, self.window, kind, *args)
+        held[0], held[1] = 0, None
+        self._later(self.window, lambda: self._summarise(kind))

@@ -138,6 +138,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("interval", positive_float, 10.0, "seconds between tick chunks on /test/"),
     Setting("max_connections", positive_int, 19000,
             "streaming connections held at most; beyond it new ones get 503"),
+    Setting("max_per_ip", non_negative_int, 0,
+            "connections (streams, SSE, WebSockets, waiting long-polls) one client may hold "
+            "at once, an IPv4 address or an IPv6 /64; beyond it 429 with Retry-After (0: no "
+            "limit, for clients behind a proxy or a NAT that share one address)"),
+    Setting("max_new_per_second", non_negative_int, 0,
+            "subscriber requests this process admits per second (a token bucket, bursts "
+            "up to one second's worth); beyond it 503 with Retry-After: 1 (0: no limit); "
+            "per process: each of --workers N has its own"),
+    Setting("max_ids", positive_int, 64,
+            "ids one connection may log in as (the path id and each ?id=); more: 400"),
     Setting("max_handshakes", positive_int, 100,
             "requests one process handles at once with --hibernate on (new connections "
             "wait in the listen backlog beyond it): a crowd is taken at the pace the "

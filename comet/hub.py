@@ -10,7 +10,8 @@ every counter in ``/stats`` is written here and nowhere else. The hub holds:
   connection and unsubscribes it when the last one leaves, and the broker
   calls :meth:`Hub.deliver` for each message to deliver here;
 * the **counters** (:class:`~comet.stats.Counters`), admission
-  (:meth:`Hub.admit`), and the timer wheel of sleeping connections.
+  (:meth:`Hub.admit`, with :mod:`comet.limits`: connections per client and
+  new connections per second), and the timer wheel of sleeping connections.
 
 Three things hold whatever the transport and the life:
 
@@ -39,9 +40,11 @@ from comet.broker import Broker, BrokerUnavailable, Message, Replay
 from comet.broker import cursor as cursor_text
 from comet.broker.cursor import Cursor
 from comet.broker.memory import MemoryBroker, MemoryHistory
+from comet.burstlog import BurstLog
 from comet.config import Settings
 from comet.ends import End
 from comet.expiry import Expiries
+from comet.limits import RETRY_AFTER, Limits, Refused
 from comet.release import MemoryReleaser
 from comet.router import Router
 from comet.stats import Counters
@@ -49,17 +52,7 @@ from comet.timerwheel import TimerWheel
 
 log = logging.getLogger(__name__)
 
-#: seconds a refused client is told to wait (Retry-After)
-RETRY_AFTER = 5
-
-
-class Refused(Exception):
-    """No room for another connection now: answered 503 with ``Retry-After``."""
-
-    def __init__(self, reason: str, retry_after: int = RETRY_AFTER) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
+__all__ = ["RETRY_AFTER", "Hub", "Outgoing", "Refused", "broker_for"]
 
 
 class Outgoing:
@@ -167,14 +160,27 @@ class Hub:
         self.expiries = Expiries(self.expire)
         #: gives freed memory back once most connections have gone
         self.releaser = MemoryReleaser(lambda: self.counters.held, compact=self.router.compact)
+        #: connections per client and new connections per second (--max-per-ip, ...)
+        self.limits = Limits(settings.max_per_ip, settings.max_new_per_second)
+        #: refusals for a limit, logged once per burst of each kind
+        self.refusals_log = BurstLog(logging.getLogger("comet.limits"))
         self.accepting = True
         #: fingerprints of the publisher keys in use (the app sets it), for /stats
         self.publish_keys: Callable[[], list[str]] = list
 
     # -- admission ------------------------------------------------------------------
 
-    def room(self) -> str | None:
-        """Why no connection can be taken now, or None; asks only, counts nothing."""
+    def room(self, client: str | None = None) -> str | None:
+        """Why no connection (of ``client``, a key of :meth:`client`) can be taken now,
+        or None; asks only, counts nothing."""
+        reason = self._full()
+        if reason is not None:
+            return reason
+        refused = self.limits.check(client)
+        return refused.reason if refused is not None else None
+
+    def _full(self) -> str | None:
+        """Why the server takes no connection from anyone now, or None."""
         if not self.accepting:
             return "server is shutting down"
         if not self.broker.up:
@@ -183,12 +189,26 @@ class Hub:
             return f"at capacity ({self.settings.max_connections} connections)"
         return None
 
-    def admit(self) -> None:
-        """Take one more connection, or raise :class:`Refused` (counted)."""
-        reason = self.room()
+    def client(self, address: str | None) -> str | None:
+        """Whom a connection from ``address`` counts against (None: not counted)."""
+        return self.limits.key(address)
+
+    def admit(self, client: str | None = None) -> None:
+        """Take one more connection (of ``client``, a key of :meth:`client`), or raise
+        :class:`Refused`: counted in ``refused`` when the server is full or stopping,
+        by its limit's kind (:meth:`refuse`, by the caller) when over a limit."""
+        reason = self._full()
         if reason is not None:
             self.counters.refused += 1
             raise Refused(reason)
+        refused = self.limits.take(client)
+        if refused is not None:
+            raise refused
+
+    def refuse(self, kind: str, message: str, *args) -> None:
+        """Count a refusal for the limit ``kind`` and log it, once per burst of its kind."""
+        self.counters.limits[kind] += 1
+        self.refusals_log.log(kind, message, *args)
 
     def refuse_subscriber(self, reason: str) -> None:
         """Count a subscriber refused for its token (401) or for an id it may not have (403)."""
@@ -203,8 +223,12 @@ class Hub:
     # -- a connection's life ----------------------------------------------------------
 
     def open(self, conn, ids: Sequence[str], last: str | None = None,
-             resume: bool = False) -> Replay | None:
+             resume: bool = False, client: str | None = None) -> Replay | None:
         """Log ``conn`` in as ``ids``; with ``resume``, also what came after ``last``.
+
+        ``client`` (a key of :meth:`client`, admitted for it) counts ``conn``
+        against its client until :meth:`close`, which every connection opened
+        reaches exactly once, however it ends.
 
         Returns once the broker delivers ``ids`` here, so nothing published
         after the client saw its opening is missed. When the broker cannot
@@ -214,6 +238,9 @@ class Hub:
         counters = self.counters
         counters.open[conn.transport] += 1
         counters.accepted += 1
+        if client is not None:
+            conn.client = client
+            self.limits.clients.add(client)
         self.releaser.observe(counters.held)
         vector = self.broker.vector
         # Per stream positions (a cluster): every login learns where it begins, by a
@@ -272,6 +299,10 @@ class Hub:
         counters = self.counters
         counters.open[conn.transport] -= 1
         counters.ends[end.reason] += 1
+        client = conn.client
+        if client is not None:
+            conn.client = None
+            self.limits.clients.remove(client)
         self.releaser.observe(counters.held)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("closed %r: %s", conn, end.reason)
@@ -361,5 +392,7 @@ class Hub:
         snapshot = self.counters.snapshot(self.router.ids, len(self.wheel))
         snapshot["token_timers"] = len(self.expiries)
         snapshot["publish_keys"] = self.publish_keys()
+        snapshot["limits"] = {"refused": dict(sorted(self.counters.limits.items())),
+                              **self.limits.snapshot()}
         snapshot["broker"] = self.broker.snapshot()
         return snapshot

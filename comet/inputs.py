@@ -14,9 +14,11 @@ from urllib.parse import parse_qs
 
 import gevent
 
+from comet.limits import TOO_MANY_IDS
+
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
-#: ids one connection may log in as (the path id plus ?id= values)
+#: ids one connection may log in as (the path id plus ?id= values) unless --max-ids says
 MAX_IDS_PER_CONNECTION = 64
 
 
@@ -29,13 +31,16 @@ class BadRequest(Exception):
     """A client error: ``status`` is the HTTP status line, ``reason`` says why."""
 
     def __init__(self, status: str, reason: str, headers: tuple = (),
-                 logged: bool = False) -> None:
+                 logged: bool = False, limit: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.headers = headers
         #: already logged where it was raised (once per burst): the app writes no line
         self.logged = logged
+        #: the limit this request is over (comet.limits' kinds), counted in /stats and
+        #: logged once per burst; None: an ordinary client error, logged each time
+        self.limit = limit
 
 
 def check_id(id: str) -> str:
@@ -46,15 +51,17 @@ def check_id(id: str) -> str:
     return id
 
 
-def ids_of(path_id: str, query_string: str) -> list[str]:
+def ids_of(path_id: str, query_string: str,
+           max_ids: int = MAX_IDS_PER_CONNECTION) -> list[str]:
     """The path id, then each distinct ``?id=`` value, all validated."""
     ids = [check_id(path_id)]
     for extra in parse_qs(query_string, keep_blank_values=True).get("id", ()):
         if check_id(extra) not in ids:
             ids.append(extra)
-    if len(ids) > MAX_IDS_PER_CONNECTION:
+    if len(ids) > max_ids:
         raise BadRequest("400 Bad Request",
-                         f"too many ids: at most {MAX_IDS_PER_CONNECTION} per connection")
+                         f"too many ids: at most {max_ids} per connection (--max-ids)",
+                         limit=TOO_MANY_IDS)
     return ids
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 
-from comet import ends, wire, wsreader
+from comet import ends, limits, wire, wsreader
 from comet.ends import End
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class Life:
         "framing",  #: the transport's Framing (shared by all its connections)
         "seen",     #: seq of the newest message written (replay dedupe), or a Cursor
         "ended",    #: None while live, else the End that ends it
+        "client",   #: whom it counts against for --max-per-ip (shared str), or None
     )
 
     def __init__(self, hub, framing) -> None:
@@ -40,6 +41,7 @@ class Life:
         self.framing = framing
         self.seen = 0
         self.ended: End | None = None
+        self.client: str | None = None
 
     @property
     def transport(self) -> str:
@@ -87,8 +89,10 @@ def client_answer(event: wsreader.Event) -> tuple[bytes | None, End | None]:
 
 
 def reader_failure(conn: Life, exc: Exception) -> End:
-    """The end a broken client frame means (the reader raised ``exc``), logged once."""
-    log.info("closing %r: %s", conn, exc)
+    """The end a broken client frame means (the reader raised ``exc``), logged: a frame
+    over the size limit as a refusal (counted, once per burst), others each time."""
     if isinstance(exc, wsreader.MessageTooBig):
+        conn.hub.refuse(limits.FRAME_TOO_BIG, "closing %r: %s", conn, exc)
         return ends.MESSAGE_TOO_BIG
+    log.info("closing %r: %s", conn, exc)
     return ends.PROTOCOL_ERROR

@@ -1,4 +1,4 @@
-"""Publishes per second per key: a token bucket for each publisher, nothing else.
+"""Token buckets: publishes per second per key, and the bucket itself.
 
 A bucket holds up to one second's worth of messages (at least one) and
 refills at ``rate`` a second. A request for ``count`` messages (a batch counts
@@ -21,15 +21,51 @@ from collections.abc import Callable, Collection
 
 
 class TokenBucket:
-    """Messages one publisher may send now; refilled by the clock."""
+    """Up to ``capacity`` at once, refilled at ``rate`` a second by ``clock``.
 
-    __slots__ = ("stamp", "tokens")
+    The one bucket of the server: a publisher's messages (:class:`RateLimiter`,
+    one per publisher) and a process's new connections (:mod:`comet.limits`,
+    ``--max-new-per-second``).
+    """
 
-    def __init__(self, tokens: float, stamp: float) -> None:
-        #: messages that may go now (negative: a debt a big batch left)
-        self.tokens = tokens
+    __slots__ = ("rate", "capacity", "clock", "tokens", "stamp")
+
+    def __init__(self, rate: float, capacity: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not rate > 0:
+            raise ValueError("a token bucket needs a positive rate")
+        self.rate = rate
+        #: the most it holds: by default a second's worth, at least one
+        self.capacity = max(1.0, rate) if capacity is None else capacity
+        self.clock = clock
+        #: what may go now (negative: a debt a big batch left)
+        self.tokens = self.capacity
         #: when ``tokens`` was last brought up to date (the clock's seconds)
-        self.stamp = stamp
+        self.stamp = clock()
+
+    def refill(self) -> float:
+        """Bring ``tokens`` up to the clock; what it holds now."""
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return self.tokens
+
+    def ready(self, count: int = 1) -> bool:
+        """Would :meth:`take` of ``count`` pass now? Asks only."""
+        return self.refill() >= min(count, self.capacity)
+
+    def take(self, count: int = 1) -> float | None:
+        """Spend ``count``, or say how many seconds until they would pass.
+
+        ``count`` above the capacity passes once the bucket is full (a batch
+        bigger than a second's worth is not refused for ever: the bucket goes
+        into debt and waits it off). A refusal takes nothing.
+        """
+        needed = min(count, self.capacity)
+        if self.refill() >= needed:
+            self.tokens -= count
+            return None
+        return (needed - self.tokens) / self.rate
 
 
 class RateLimiter:
@@ -55,17 +91,10 @@ class RateLimiter:
         """
         if len(self._buckets) >= len(current) and who not in self._buckets:
             self._buckets = {k: b for k, b in self._buckets.items() if k in current}
-        now = self._clock()
         bucket = self._buckets.get(who)
         if bucket is None:
-            bucket = self._buckets[who] = TokenBucket(self.capacity, now)
-        bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.stamp) * self.rate)
-        bucket.stamp = now
-        needed = min(count, self.capacity)
-        if bucket.tokens >= needed:
-            bucket.tokens -= count
-            return None
-        return (needed - bucket.tokens) / self.rate
+            bucket = self._buckets[who] = TokenBucket(self.rate, self.capacity, self._clock)
+        return bucket.take(count)
 
 
 def retry_after(seconds: float) -> str:

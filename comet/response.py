@@ -33,10 +33,12 @@ class Response:
     """A subscriber's WSGI body; subclasses say how each transport begins and waits."""
 
     #: one per request, gone once the connection sleeps or ends: slots keep it small
-    __slots__ = ("hub", "framing", "ids", "last", "resume", "sock", "expires", "_conn", "_life")
+    __slots__ = ("hub", "framing", "ids", "last", "resume", "sock", "expires", "client",
+                 "_conn", "_life")
 
     def __init__(self, hub: Hub, framing: Framing, ids: list[str], last: str | None = None,
-                 resume: bool = False, sock: Any = None, expires: float | None = None) -> None:
+                 resume: bool = False, sock: Any = None, expires: float | None = None,
+                 client: str | None = None) -> None:
         self.hub = hub
         self.framing = framing
         self.ids = ids
@@ -46,6 +48,8 @@ class Response:
         self.sock = sock
         #: when the subscriber's token runs out (epoch seconds), or None: no token
         self.expires = expires
+        #: whom the connection counts against (--max-per-ip), admitted for it; or None
+        self.client = client
         self._conn: plain.PlainConnection | None = None
         self._life: Iterator[bytes] | None = None
 
@@ -55,7 +59,7 @@ class Response:
 
     def _open(self, conn: Life) -> Replay | None:
         """Log ``conn`` in, and have it end when its token runs out (if it came with one)."""
-        replay = self.hub.open(conn, self.ids, self.last, self.resume)
+        replay = self.hub.open(conn, self.ids, self.last, self.resume, self.client)
         if self.expires is not None:
             self.hub.expire_at(conn, self.expires)
         return replay
@@ -95,8 +99,9 @@ class PollResponse(Response):
     __slots__ = ("position",)
 
     def __init__(self, hub: Hub, framing: Framing, ids: list[str], since: str | None,
-                 expires: float | None = None) -> None:
-        super().__init__(hub, framing, ids, since, resume=since is not None, expires=expires)
+                 expires: float | None = None, client: str | None = None) -> None:
+        super().__init__(hub, framing, ids, since, resume=since is not None, expires=expires,
+                         client=client)
         #: where an empty answer tells the client to go on from: nothing is lost between
         #: polls (None where positions are per stream: each connection has its own)
         self.position = hub.position()
@@ -127,8 +132,8 @@ class WebSocketResponse(Response):
     __slots__ = ("ws",)
 
     def __init__(self, hub: Hub, framing: Framing, ids: list[str], ws,
-                 expires: float | None = None) -> None:
-        super().__init__(hub, framing, ids, expires=expires)
+                 expires: float | None = None, client: str | None = None) -> None:
+        super().__init__(hub, framing, ids, expires=expires, client=client)
         #: gevent-websocket's connection object (its raw reads and writes only)
         self.ws = ws
 

@@ -23,7 +23,7 @@ import gevent.pool
 from gevent import pywsgi, socket
 from geventwebsocket.handler import WebSocketHandler
 
-from comet import config, publishers, tokens
+from comet import config, limits, publishers, tokens
 from comet.app import CometApp
 from comet.broker import BrokerUnavailable
 from comet.ends import CLIENT_GONE
@@ -31,6 +31,19 @@ from comet.handshake import checked_upgrade
 from comet.hostlimits import connections_per_process, raise_open_files_limit, startup_problems
 
 log = logging.getLogger("comet.server")
+
+BAD_REQUEST_RESPONSE = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
+                        b"Content-length: 0\r\n\r\n")
+HEAD_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                         b"Content-length: 0\r\n\r\n")
+
+
+class HeadTooLarge(ValueError):
+    """Headers over http.client's bounds (100 lines, 64 KiB a line): a 400, counted."""
+
+
+class HeadTooSlow(ValueError):
+    """Headers not all in within --read-timeout: a 408, counted."""
 
 
 class CometHandler(WebSocketHandler):
@@ -152,11 +165,28 @@ class CometHandler(WebSocketHandler):
             self.environ["wsgi.websocket"] = None
             self.websocket = None
 
+    #: requests this connection has made so far (a timeout before the first is a refusal,
+    #: after one it is an idle keep-alive connection closing)
+    requests = 0
+
+    def handle_one_request(self):
+        answer = super().handle_one_request()
+        if isinstance(answer, tuple) and answer[0] == "414":
+            self._refuse(limits.REQUEST_LINE_TOO_LONG, "414 from %s: request line over %d bytes",
+                         self._client(), pywsgi.MAX_REQUEST_LINE)
+        self.requests += 1
+        return answer
+
     def read_requestline(self) -> str:
         try:
             return super().read_requestline()
         except TimeoutError:
-            log.info("closing %s: no request within %g s", self._client(), self.read_timeout)
+            if self.requests:
+                log.info("closing %s: no request within %g s", self._client(),
+                         self.read_timeout)
+            else:
+                self._refuse(limits.HEAD_TOO_SLOW, "closing %s: no request within %g s",
+                             self._client(), self.read_timeout)
             raise
 
     def read_request(self, raw_requestline: str) -> bool:
@@ -165,7 +195,9 @@ class CometHandler(WebSocketHandler):
         except http.client.HTTPException as exc:
             # http.client's header parser: "got more than 100 headers", "header line too
             # long"; a client error (400 with a log line), not a traceback.
-            raise ValueError(f"bad header block: {exc}") from None
+            raise HeadTooLarge(f"bad header block: {exc}") from None
+        except TimeoutError:
+            raise HeadTooSlow(f"headers not received within {self.read_timeout:g} s") from None
         defects = getattr(self.headers, "defects", None)
         if defects:
             # e.g. a header line without a colon: pywsgi would drop the rest silently
@@ -176,8 +208,23 @@ class CometHandler(WebSocketHandler):
         return checked_upgrade(self, super().upgrade_websocket)  # a bad one: 400/426, not 500
 
     def _handle_client_error(self, ex: Exception):
+        if isinstance(ex, HeadTooSlow):
+            self._refuse(limits.HEAD_TOO_SLOW, "408 from %s: %s", self._client(), ex)
+            return "408", HEAD_TIMEOUT_RESPONSE
+        if isinstance(ex, HeadTooLarge):
+            self._refuse(limits.HEAD_TOO_LARGE, "400 from %s: %s", self._client(), ex)
+            return "400", BAD_REQUEST_RESPONSE
         log.info("400 from %s: %s", self._client(), tokens.redacted(str(ex)))
         return super()._handle_client_error(ex)
+
+    def _refuse(self, kind: str, message: str, *args) -> None:
+        """A request over a limit of the HTTP layer: counted by the hub and logged once
+        per burst (a server with another application only logs it)."""
+        hub = getattr(self.server.application, "hub", None)
+        if hub is not None:
+            hub.refuse(kind, message, *args)
+        else:
+            log.info(message, *args)
 
     def log_error(self, msg: str, *args) -> None:
         """pywsgi's own error lines (a malformed request line quoted whole among them),

@@ -50,6 +50,9 @@ class Counters:
         self.drops: Counter = Counter()
         #: connections closed, by End.reason ("client gone", "server shutting down", ...)
         self.ends: Counter = Counter()
+        #: requests and connections refused for a limit, by its kind (comet.limits):
+        #: "connections per address", "request head too slow", ...
+        self.limits: Counter = Counter()
 
     @property
     def held(self) -> int:

@@ -21,7 +21,7 @@ import time
 import gevent
 import requests
 
-SERVING = re.compile(r"serving on http://[^:]+:(\d+)/")
+SERVING = re.compile(r"serving on http://\S+:(\d+)/")  # IPv6 too: http://::1:8000/
 
 
 def post(server: RealServer, path: str, body: bytes = b"msg") -> dict:

@@ -91,8 +91,12 @@ def test_more_than_100_headers_get_400_and_a_log_line_not_a_traceback(shared_ser
     status_line = first_status_line(shared_server.port,
                                     b"GET /stats HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
     assert status_line.split()[1] == b"400"
+    # A refusal for a limit is logged once per burst: at once, or (when another of its
+    # kind came within the window) as the last of the burst's summary line.
     wait_until(lambda: any("more than 100 headers" in line
-                           for line in shared_server.lines[start:]), what="the 400's log line")
+                           for line in shared_server.lines[start:]), timeout=15,
+               what="the 400's log line")
+    assert shared_server.stats()["limits"]["refused"]["request head too large"] >= 1
     assert "Traceback" not in "\n".join(shared_server.lines[start:])
 
 

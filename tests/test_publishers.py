@@ -197,17 +197,17 @@ def test_buckets_are_bounded_by_who_may_publish():
 
 def test_a_burst_is_one_line_then_a_summary_then_quiet(caplog):
     pending = []
-    burst = BurstLog(logging.getLogger("test.burst"), "refused", every=10,
+    burst = BurstLog(logging.getLogger("test.burst"), window=10, level=logging.INFO,
                      later=lambda delay, call: pending.append(call))
     with caplog.at_level(logging.INFO, logger="test.burst"):
         for n in range(100):
-            burst.note(f"request {n}")
+            burst.log("refused", "refused: request %d", n)
         assert [r.getMessage() for r in caplog.records] == ["refused: request 0"]
         assert len(pending) == 1
         pending.pop()()
         assert caplog.records[-1].getMessage() == \
-            "refused: 99 more in the last 10 s (the last: request 99)"
+            "99 more refused in 10 s (refused), the last: refused: request 99"
         pending.pop()()  # a quiet period ends the burst, no line
-        assert len(caplog.records) == 2 and not pending
-        burst.note("again")
+        assert len(caplog.records) == 2 and not pending and len(burst) == 0
+        burst.log("refused", "refused: %s", "again")
         assert caplog.records[-1].getMessage() == "refused: again"
