@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.chunked import StrictResponse
-from tests.realserver import wait_until
+from tests.realserver import post, wait_until
 
 INVALID = sorted((pathlib.Path(__file__).parent / "requests" / "invalid").glob("*.http"))
 
@@ -143,3 +143,20 @@ def test_server_is_healthy_and_empty_after_bad_input(shared_server):
     assert requests.get(shared_server.url + "/health", timeout=10).status_code == 200
     shared_server.wait_for(lambda s: s["connections"]["total"] == 0 and s["ids"] == 0,
                            what="no connection or id left behind")
+
+
+@pytest.mark.parametrize("offset", ["\N{SUPERSCRIPT TWO}", "9" * 5000],
+                         ids=["superscript-digit", "5000-digits"])
+def test_a_position_whose_offset_is_no_number_is_garbage_not_a_500(server, offset):
+    """``str.isdigit`` takes "²" (byte 0xB2 of a latin-1 header) and ``int`` refuses it,
+    as it refuses over 4,300 digits: such a ``Last-Event-ID`` or ``since`` is no position
+    (a client that saw nothing, told it missed), never a 500."""
+    epoch = post(server, "/send/pos")["message"].rpartition("-")[0]
+    position = f"{epoch}-{offset}"
+    header = b"GET /events/pos HTTP/1.1\r\nHost: x\r\nLast-Event-ID: %s\r\n\r\n"
+    answer = raw_exchange(server.port, header % position.encode("latin-1"))
+    assert answer.status == 200
+    answer.close()
+    polled = requests.get(server.url + "/poll/pos", params={"since": position}, timeout=10)
+    assert polled.status_code == 200 and polled.json()["messages"]
+    assert "Traceback" not in server.log_text()
