@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import re
 import signal
 import socket as stdlib_socket
 import sys
@@ -31,6 +32,10 @@ from comet.handshake import checked_upgrade
 from comet.hostlimits import connections_per_process, raise_open_files_limit, startup_problems
 
 log = logging.getLogger("comet.server")
+
+#: the request versions served: 1.0 and 1.1 (a later 1.x is answered as 1.1, RFC 9110
+#: 2.5), and the 0.9 that pywsgi sets for a request line without a version
+HTTP_VERSION = re.compile(r"HTTP/1\.[0-9]|HTTP/0\.9")
 
 
 class CometHandler(WebSocketHandler):
@@ -158,6 +163,15 @@ class CometHandler(WebSocketHandler):
         except TimeoutError:
             log.info("closing %s: no request within %g s", self._client(), self.read_timeout)
             raise
+
+    def _check_http_version(self) -> bool:
+        """pywsgi's check, strictly: ``HTTP/1.<digit>`` (or the 0.9 it sets itself).
+
+        Its own splits the version at dots and calls ``int`` on each part, so
+        "HTTP/1" raised IndexError (a traceback in the log) and "HTTP/1.1_0" or
+        "HTTP/ 1.1" passed. False here is pywsgi's 400 "Invalid http version".
+        """
+        return HTTP_VERSION.fullmatch(self.request_version) is not None
 
     def read_request(self, raw_requestline: str) -> bool:
         try:
