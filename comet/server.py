@@ -37,6 +37,10 @@ log = logging.getLogger("comet.server")
 #: 2.5), and the 0.9 that pywsgi sets for a request line without a version
 HTTP_VERSION = re.compile(r"HTTP/1\.[0-9]|HTTP/0\.9")
 
+#: the answer to a client whose headers stopped coming (pywsgi writes it as it is)
+REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+                   b"Content-Length: 0\r\n\r\n")
+
 
 class CometHandler(WebSocketHandler):
     """pywsgi's handler (via gevent-websocket's, for /ws/), with the client socket
@@ -190,6 +194,11 @@ class CometHandler(WebSocketHandler):
         return checked_upgrade(self, super().upgrade_websocket)  # a bad one: 400/426, not 500
 
     def _handle_client_error(self, ex: Exception):
+        if isinstance(ex, TimeoutError):
+            # the headers stopped coming: pywsgi would print a traceback and say 400
+            log.info("408 to %s: headers not received within %g s", self._client(),
+                     self.read_timeout)
+            return "408", REQUEST_TIMEOUT
         log.info("400 from %s: %s", self._client(), tokens.redacted(str(ex)))
         return super()._handle_client_error(ex)
 

@@ -160,3 +160,15 @@ def test_a_position_whose_offset_is_no_number_is_garbage_not_a_500(server, offse
     polled = requests.get(server.url + "/poll/pos", params={"since": position}, timeout=10)
     assert polled.status_code == 200 and polled.json()["messages"]
     assert "Traceback" not in server.log_text()
+
+
+def test_headers_that_stop_coming_get_408_and_a_log_line_not_a_traceback(shared_server):
+    start = len(shared_server.lines)
+    sock = socket.create_connection(("127.0.0.1", shared_server.port), timeout=10)
+    sock.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\nX-Half: ")
+    answer = StrictResponse(sock)  # after --read-timeout 1
+    assert answer.status == 408
+    assert answer.file.read() == b""  # closed by the server
+    answer.close()
+    shared_server.wait_for_log("headers not received")
+    assert "Traceback" not in "\n".join(shared_server.lines[start:])
