@@ -7,6 +7,7 @@ with the status the request must get; the file's LF line ends are sent as CRLF.
 import pathlib
 import re
 import socket
+import struct
 
 import pytest
 import requests
@@ -172,3 +173,20 @@ def test_headers_that_stop_coming_get_408_and_a_log_line_not_a_traceback(shared_
     answer.close()
     shared_server.wait_for_log("headers not received")
     assert "Traceback" not in "\n".join(shared_server.lines[start:])
+
+
+@pytest.mark.parametrize("path", ["/", "/stats", "/test/a", "/events/a", "/dashboard"])
+def test_clients_that_reset_before_their_answer_leave_no_traceback(start_server, path):
+    """Each asks, then resets at once or a moment later (SO_LINGER 0): the answer meets
+    a reset or a broken pipe, which is the client's leaving, not a server error."""
+    server = start_server("--interval", "0.05", "--heartbeat", "0.2")  # dead streams: next write
+    for n in range(10):
+        sock = socket.socket()
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        if n % 2:
+            first_status_line(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    server.wait_for(lambda s: s["connections"]["total"] == 0, what="every client gone")
+    assert "Traceback" not in server.log_text() and "Error" not in server.log_text()
