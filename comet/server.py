@@ -62,7 +62,12 @@ class CometHandler(WebSocketHandler):
         # pywsgi sends headers and body in two writes: without NODELAY, Nagle and the
         # client's delayed ACK hold each keep-alive answer ~40 ms (seen by msggen).
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().handle()
+        try:
+            super().handle()
+        except ConnectionError as exc:
+            # pywsgi writes its refusals (400, 414, 408) unguarded: the client that
+            # sent a bad head and left makes them a broken pipe or a reset
+            log.info("%s left before its answer: %s", self._client(), exc.strerror or exc)
 
     def get_environ(self) -> dict:
         environ = super().get_environ()
@@ -194,6 +199,11 @@ class CometHandler(WebSocketHandler):
         return checked_upgrade(self, super().upgrade_websocket)  # a bad one: 400/426, not 500
 
     def _handle_client_error(self, ex: Exception):
+        if isinstance(ex, ConnectionError):
+            # the client reset the connection mid-head: gone, nothing to answer
+            log.info("%s left before its headers ended: %s", self._client(),
+                     ex.strerror or ex)
+            return None
         if isinstance(ex, TimeoutError):
             # the headers stopped coming: pywsgi would print a traceback and say 400
             log.info("408 to %s: headers not received within %g s", self._client(),

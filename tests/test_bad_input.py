@@ -190,3 +190,20 @@ def test_clients_that_reset_before_their_answer_leave_no_traceback(start_server,
         sock.close()
     server.wait_for(lambda s: s["connections"]["total"] == 0, what="every client gone")
     assert "Traceback" not in server.log_text() and "Error" not in server.log_text()
+
+
+@pytest.mark.parametrize("head", [b"GARBAGE\r\n\r\n", b"GET /stats HTTP/1.1\r\nHost: x\r\nX-Half"],
+                         ids=["refused-request-line", "half-sent-headers"])
+def test_a_client_that_resets_mid_head_is_gone_not_a_traceback(start_server, head):
+    """Its 400 meets a broken pipe, or its headers a reset: the fuzzer found both as
+    tracebacks (pywsgi prints what is not a ValueError, and its 400's write is unguarded)."""
+    server = start_server()
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(head)
+        sock.close()
+    assert first_status_line(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_until(lambda: sum("400 from" in line or "left" in line for line in server.lines) >= 20,
+               what="a line for each client")
+    assert "Traceback" not in server.log_text()
