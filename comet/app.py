@@ -126,6 +126,8 @@ class CometApp:
             return self._plain(respond, error.status, error.reason + "\n", error.headers)
 
     def _route(self, path: str) -> tuple:
+        if not path.startswith("/"):  # "xws/a" is no /ws/ (a path pywsgi let through)
+            return None, (), None
         head, _, rest = path[1:].partition("/")
         if head in self._routes and rest:
             return (*self._routes[head], rest)

@@ -86,13 +86,17 @@ def checked_upgrade(handler: WebSocketHandler,
     """``CometHandler.upgrade_websocket``: refuse a bad handshake, else gevent-websocket's.
 
     ``upgrade_websocket`` is gevent-websocket's own method, called only for a
-    handshake that passed (or a request that is not one, which it leaves alone).
+    handshake to the WebSocket route that passed (or a request there that is not
+    one, which it leaves alone); elsewhere gevent-websocket is not asked at all,
+    as its own refusals are 500s.
     A refusal goes out as a WSGI answer that gevent-websocket hands to pywsgi:
     its status set, no ``handler.websocket``, a body of bytes.
     """
     environ = handler.environ
     path = environ.get("PATH_INFO", "")
-    refusal = problem(environ) if path.startswith(WEBSOCKET_PREFIX) else None
+    if not path.startswith(WEBSOCKET_PREFIX):
+        return None  # never upgraded here: the app answers it as plain HTTP
+    refusal = problem(environ)
     if refusal is None:
         return upgrade_websocket()
     log.info("%s %s %s: %s (client %s)", refusal.status[:3], environ.get("REQUEST_METHOD"),

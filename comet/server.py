@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import re
 import signal
 import socket as stdlib_socket
 import sys
@@ -32,10 +33,15 @@ from comet.hostlimits import connections_per_process, raise_open_files_limit, st
 
 log = logging.getLogger("comet.server")
 
+#: the request versions served: 1.0 and 1.1 (a later 1.x is answered as 1.1, RFC 9110
+#: 2.5), and the 0.9 that pywsgi sets for a request line without a version
+HTTP_VERSION = re.compile(r"HTTP/1\.[0-9]|HTTP/0\.9")
+
 BAD_REQUEST_RESPONSE = (b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n"
-                        b"Content-length: 0\r\n\r\n")
+                        b"Content-Length: 0\r\n\r\n")
+#: the answer to a client whose headers stopped coming (pywsgi writes it as it is)
 HEAD_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
-                         b"Content-length: 0\r\n\r\n")
+                         b"Content-Length: 0\r\n\r\n")
 
 
 class HeadTooLarge(ValueError):
@@ -66,7 +72,12 @@ class CometHandler(WebSocketHandler):
         # pywsgi sends headers and body in two writes: without NODELAY, Nagle and the
         # client's delayed ACK hold each keep-alive answer ~40 ms (seen by msggen).
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().handle()
+        try:
+            super().handle()
+        except ConnectionError as exc:
+            # pywsgi writes its refusals (400, 414, 408) unguarded: the client that
+            # sent a bad head and left makes them a broken pipe or a reset
+            log.info("%s left before its answer: %s", self._client(), exc.strerror or exc)
 
     def get_environ(self) -> dict:
         environ = super().get_environ()
@@ -189,6 +200,15 @@ class CometHandler(WebSocketHandler):
                              self._client(), self.read_timeout)
             raise
 
+    def _check_http_version(self) -> bool:
+        """pywsgi's check, strictly: ``HTTP/1.<digit>`` (or the 0.9 it sets itself).
+
+        Its own splits the version at dots and calls ``int`` on each part, so
+        "HTTP/1" raised IndexError (a traceback in the log) and "HTTP/1.1_0" or
+        "HTTP/ 1.1" passed. False here is pywsgi's 400 "Invalid http version".
+        """
+        return HTTP_VERSION.fullmatch(self.request_version) is not None
+
     def read_request(self, raw_requestline: str) -> bool:
         try:
             ok = super().read_request(raw_requestline)
@@ -208,8 +228,15 @@ class CometHandler(WebSocketHandler):
         return checked_upgrade(self, super().upgrade_websocket)  # a bad one: 400/426, not 500
 
     def _handle_client_error(self, ex: Exception):
-        if isinstance(ex, HeadTooSlow):
-            self._refuse(limits.HEAD_TOO_SLOW, "408 from %s: %s", self._client(), ex)
+        if isinstance(ex, ConnectionError):
+            # the client reset the connection mid-head: gone, nothing to answer
+            log.info("%s left before its headers ended: %s", self._client(),
+                     ex.strerror or ex)
+            return None
+        if isinstance(ex, (HeadTooSlow, TimeoutError)):
+            # the headers stopped coming: pywsgi would print a traceback and say 400
+            self._refuse(limits.HEAD_TOO_SLOW, "408 from %s: headers not received within %g s",
+                         self._client(), self.read_timeout)
             return "408", HEAD_TIMEOUT_RESPONSE
         if isinstance(ex, HeadTooLarge):
             self._refuse(limits.HEAD_TOO_LARGE, "400 from %s: %s", self._client(), ex)

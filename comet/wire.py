@@ -64,7 +64,13 @@ _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
 def sse_event(data: bytes, id: str | None = None, event: str | None = None) -> bytes:
-    """One event; each line of ``data`` becomes a ``data:`` line (the spec joins them with LF)."""
+    """One event; each line of ``data`` becomes a ``data:`` line (the spec joins them with LF).
+
+    An event stream is UTF-8: bytes that are not are replaced, as in a WebSocket
+    text frame, so that a strict client keeps its stream (one broadcast of bad
+    bytes would otherwise break every subscriber's).
+    """
+    data = utf8(data)
     head = b""
     if event:
         head += b"event: " + event.encode() + b"\n"
@@ -96,6 +102,15 @@ def poll_answer(messages: list, last: str, missed: bool = False) -> bytes:
     if missed:
         answer["missed"] = True
     return json.dumps(answer).encode() + b"\n"
+
+
+def utf8(data: bytes) -> bytes:
+    """``data`` if it is UTF-8 (the common case, not copied), else with bad bytes replaced."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return text_of(data).encode()
+    return data
 
 
 def text_of(data: bytes) -> str:

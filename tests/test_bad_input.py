@@ -7,12 +7,13 @@ with the status the request must get; the file's LF line ends are sent as CRLF.
 import pathlib
 import re
 import socket
+import struct
 
 import pytest
 import requests
 
 from tests.chunked import StrictResponse
-from tests.realserver import wait_until
+from tests.realserver import post, wait_until
 
 INVALID = sorted((pathlib.Path(__file__).parent / "requests" / "invalid").glob("*.http"))
 
@@ -147,3 +148,66 @@ def test_server_is_healthy_and_empty_after_bad_input(shared_server):
     assert requests.get(shared_server.url + "/health", timeout=10).status_code == 200
     shared_server.wait_for(lambda s: s["connections"]["total"] == 0 and s["ids"] == 0,
                            what="no connection or id left behind")
+
+
+@pytest.mark.parametrize("offset", ["\N{SUPERSCRIPT TWO}", "9" * 5000],
+                         ids=["superscript-digit", "5000-digits"])
+def test_a_position_whose_offset_is_no_number_is_garbage_not_a_500(server, offset):
+    """``str.isdigit`` takes "²" (byte 0xB2 of a latin-1 header) and ``int`` refuses it,
+    as it refuses over 4,300 digits: such a ``Last-Event-ID`` or ``since`` is no position
+    (a client that saw nothing, told it missed), never a 500."""
+    epoch = post(server, "/send/pos")["message"].rpartition("-")[0]
+    position = f"{epoch}-{offset}"
+    header = b"GET /events/pos HTTP/1.1\r\nHost: x\r\nLast-Event-ID: %s\r\n\r\n"
+    answer = raw_exchange(server.port, header % position.encode("latin-1"))
+    assert answer.status == 200
+    answer.close()
+    polled = requests.get(server.url + "/poll/pos", params={"since": position}, timeout=10)
+    assert polled.status_code == 200 and polled.json()["messages"]
+    assert "Traceback" not in server.log_text()
+
+
+def test_headers_that_stop_coming_get_408_and_a_log_line_not_a_traceback(shared_server):
+    start = len(shared_server.lines)
+    sock = socket.create_connection(("127.0.0.1", shared_server.port), timeout=10)
+    sock.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\nX-Half: ")
+    answer = StrictResponse(sock)  # after --read-timeout 1
+    assert answer.status == 408
+    assert answer.file.read() == b""  # closed by the server
+    answer.close()
+    shared_server.wait_for_log("headers not received")
+    assert "Traceback" not in "\n".join(shared_server.lines[start:])
+
+
+@pytest.mark.parametrize("path", ["/", "/stats", "/test/a", "/events/a", "/dashboard"])
+def test_clients_that_reset_before_their_answer_leave_no_traceback(start_server, path):
+    """Each asks, then resets at once or a moment later (SO_LINGER 0): the answer meets
+    a reset or a broken pipe, which is the client's leaving, not a server error."""
+    server = start_server("--interval", "0.05", "--heartbeat", "0.2")  # dead streams: next write
+    for n in range(10):
+        sock = socket.socket()
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        if n % 2:
+            first_status_line(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    server.wait_for(lambda s: s["connections"]["total"] == 0, what="every client gone")
+    assert "Traceback" not in server.log_text() and "Error" not in server.log_text()
+
+
+@pytest.mark.parametrize("head", [b"GARBAGE\r\n\r\n", b"GET /stats HTTP/1.1\r\nHost: x\r\nX-Half"],
+                         ids=["refused-request-line", "half-sent-headers"])
+def test_a_client_that_resets_mid_head_is_gone_not_a_traceback(start_server, head):
+    """Its 400 meets a broken pipe, or its headers a reset: the fuzzer found both as
+    tracebacks (pywsgi prints what is not a ValueError, and its 400's write is unguarded)."""
+    server = start_server()
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(head)
+        sock.close()
+    assert first_status_line(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_until(lambda: sum("400 from" in line or "left" in line for line in server.lines) >= 20,
+               what="a line for each client")
+    assert "Traceback" not in server.log_text()

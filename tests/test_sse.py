@@ -108,3 +108,15 @@ def test_after_a_restart_what_the_new_server_kept_follows_the_missed_event(serve
     assert missed.event == "missed" and missed.id.endswith("-0")
     replayed = events.next_message()
     assert (replayed.id, replayed.data) == (kept, "sent after the restart")
+
+
+def test_a_message_that_is_not_utf8_arrives_as_text_with_bad_bytes_replaced(server):
+    """An event stream is UTF-8 (WHATWG HTML 9.2.5), as a WebSocket text frame is: bytes
+    that are not (a broadcast of b"to al\\x80", found by flood.fuzz) go out replaced, as
+    on the other transports, and the stream goes on."""
+    events = open_events(server.port, "/events/u8")
+    events.next_event()
+    post(server, "/send/u8", b"to al\x80 \xff\xfe")
+    assert events.next_message().data == "to al\ufffd \ufffd\ufffd"
+    post(server, "/send/u8", "caf\u00e9".encode())
+    assert events.next_message().data == "caf\u00e9"

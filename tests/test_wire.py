@@ -20,6 +20,11 @@ def test_test_stream_lines_follow_the_seed():
     assert wire.test_farewell("server shutting down") == b"Bye: server shutting down\n"
 
 
+def test_sse_event_data_is_utf8_with_bad_bytes_replaced():
+    assert wire.sse_event(b"a\x80b") == "data: a\ufffdb\n\n".encode()
+    assert wire.sse_event("caf\u00e9".encode()) == "data: caf\u00e9\n\n".encode()
+
+
 def test_sse_event_has_id_and_one_data_line_per_line():
     assert wire.sse_event(b"one", id="e-1") == b"id: e-1\ndata: one\n\n"
     assert (wire.sse_event(b"a\nb\r\nc\rd", id="e-2")

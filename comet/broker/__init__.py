@@ -36,6 +36,8 @@ from collections.abc import Callable, Collection, Sequence
 from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from comet.broker.cursor import offset_of
+
 
 class Message:
     """One accepted message: its id (``<epoch>-<offset>``), its bytes, and ``seq`` to order it.
@@ -71,9 +73,7 @@ def parse_position(text: str | None, epoch: str) -> int | None:
     if not text:
         return None
     head, _, tail = text.strip().rpartition("-")
-    if head != epoch or not tail.isdigit():
-        return None
-    return int(tail)
+    return offset_of(tail) if head == epoch else None
 
 
 #: the hub's side: deliver a message to this process's connections of ``id``

@@ -28,6 +28,19 @@ from __future__ import annotations
 ELEMENTS, AT = "~", "@"
 #: elements a position may have (ids per connection are bounded well below this)
 MAX_ELEMENTS = 1024
+#: digits an offset may have: a 64-bit counter's, as Redis Stream ids take
+MAX_OFFSET_DIGITS = 18
+
+
+def offset_of(text: str) -> int | None:
+    """The offset a client wrote, or None: ASCII digits only, and few of them.
+
+    Not ``str.isdigit``: it takes "²" (byte 0xB2 of a latin-1 header), which
+    ``int`` refuses, as it refuses more than 4,300 digits; either would be a 500.
+    """
+    if not (0 < len(text) <= MAX_OFFSET_DIGITS and text.isascii() and text.isdecimal()):
+        return None
+    return int(text)
 
 
 class Positioned:
@@ -95,7 +108,8 @@ def parse(text: str | None) -> dict[str, tuple[str, int]] | None:
     for element in text.strip().split(ELEMENTS, MAX_ELEMENTS):
         stream, sign, position = element.rpartition(AT)
         epoch, dash, offset = position.rpartition("-")
-        if not (stream and sign and dash) or not offset.isdigit() or len(offset) > 18:
+        seq = offset_of(offset)
+        if not (stream and sign and dash) or seq is None:
             return None
-        at[stream] = (epoch, int(offset))
+        at[stream] = (epoch, seq)
     return at

@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 
 from comet.broker import BrokerUnavailable, Deliver, Held, Message, Replay
 from comet.broker.coalesce import Coalescer
+from comet.broker.cursor import offset_of
 from comet.broker.pubsublink import PING_INTERVAL, SUBSCRIBE_WAIT, PubSubLink, Waiters
 from comet.broker.redisbase import RedisBrokerBase, advise_stream_nodes, read_replay
 from comet.broker.redisscripts import (
@@ -372,7 +373,7 @@ def _split(last: str | None) -> tuple[str, str]:
     """A client's last id as (epoch, offset) for the replay script; ('', '0') if none."""
     if last:
         head, _, tail = last.strip().rpartition("-")
-        if head and tail.isdigit() and len(tail) <= 18:
+        if head and offset_of(tail) is not None:
             return head, tail
     return "", "0"
 
