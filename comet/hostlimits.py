@@ -108,10 +108,15 @@ def can_raise_hard_limits() -> bool:
 
 # -- sysctls and ephemeral ports ---------------------------------------------------------
 
+def sysctl_path(name: str, proc_sys: str | Path = PROC_SYS) -> Path:
+    """Where ``name`` (``net.core.somaxconn``) lives under ``proc_sys``."""
+    return Path(proc_sys) / name.replace(".", "/")
+
+
 def read_sysctl(name: str, proc_sys: str | Path = PROC_SYS) -> str | None:
     """The value as the kernel shows it, whitespace collapsed; None when absent or unreadable."""
     try:
-        return " ".join((Path(proc_sys) / name.replace(".", "/")).read_text().split())
+        return " ".join(sysctl_path(name, proc_sys).read_text().split())
     except OSError:
         return None
 

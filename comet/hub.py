@@ -286,10 +286,14 @@ class Hub:
 
     def expire(self, conn) -> None:
         """``conn``'s token has run out: log it out and end it, telling its client why."""
-        if conn.ended is not None:
-            return
+        if conn.ended is None:
+            self._end(conn, ends.TOKEN_EXPIRED)
+
+    def _end(self, conn, end: End) -> None:
+        """End ``conn`` from the server's side: out of the router first (no message is
+        delivered to it meanwhile), then its transport's ending for ``end``."""
         self._logout(conn)
-        conn.end(ends.TOKEN_EXPIRED)
+        conn.end(end)
 
     def close(self, conn) -> None:
         """``conn`` has ended (``conn.ended``, or the client went): log out, count its end."""
@@ -361,8 +365,7 @@ class Hub:
         else:
             conns = list({conn for id in ids for conn in self.router.connections_of(id)})
         for conn in conns:
-            self._logout(conn)
-            conn.end(ends.HISTORY_LOST)
+            self._end(conn, ends.HISTORY_LOST)
         if conns:
             log.warning("ended %d connections whose missed messages history no longer has",
                         len(conns))
@@ -379,9 +382,8 @@ class Hub:
         self.accepting = False
         conns = self.router.all_connections()
         for conn in conns:
-            self._logout(conn)
             try:
-                conn.end(end)
+                self._end(conn, end)
             except Exception:  # one connection's failure must not keep the others open
                 log.exception("ending %r failed", conn)
         self.broker.close()  # its reader and pinger end too: nothing keeps the process up

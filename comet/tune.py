@@ -111,10 +111,6 @@ class Sysctl:
     #: Absent on kernels without the module (nf_conntrack): then nothing to check.
     optional: bool = False
 
-    @property
-    def path(self) -> str:
-        return self.name.replace(".", "/")
-
 
 def _floor(floor: hostlimits.Floor) -> Sysctl:
     """A sysctl the server also checks at start: hostlimits declares its need and why."""
@@ -246,7 +242,7 @@ def apply(root: Path, rows: list[Check], *, yes: bool, answers: TextIO, out: Tex
     failed = 0
     for row in changes:
         try:
-            (root / row.setting.replace(".", "/")).write_text(row.new + "\n")
+            hostlimits.sysctl_path(row.setting, root).write_text(row.new + "\n")
         except OSError as exc:
             failed += 1
             print(f"could not change {row.setting}: {write_refusal(exc, row)}", file=out)

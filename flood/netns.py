@@ -140,5 +140,4 @@ def advice(sockets: int, proc_sys=hostlimits.PROC_SYS) -> str | None:
 
 
 def _write(name: str, value: str, proc_sys) -> None:
-    with open(os.path.join(proc_sys, name.replace(".", "/")), "w") as f:
-        f.write(value)
+    hostlimits.sysctl_path(name, proc_sys).write_text(value)
