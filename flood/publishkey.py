@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import os
 
-from comet.publishers import keys_in_file
-
 #: the environment variable that carries the key to flood.msggen and flood.bench
 ENV = "COMET_PUBLISH_KEY_FOR_CLIENT"
 
 
 def client_key(path: str | None = None, environ: dict | None = None) -> str | None:
-    """The key to publish with, or None; a file that gives none is a ValueError (the
-    server's :class:`~comet.publishers.PublisherSettingsError`, naming a bad line by
-    its number, never quoting it)."""
+    """The key to publish with, or None; a file that gives none is a ValueError."""
     if path:
         try:
             with open(path, encoding="utf-8") as file:
-                text = file.read()
+                lines = file.read().splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"--publish-key-file: cannot read {path}: "
                              f"{getattr(exc, 'strerror', None) or exc}") from None
-        return keys_in_file(text, path)[0]  # read as the server reads its key file
+        for line in lines:
+            key = line.strip()
+            if key and not key.startswith("#"):
+                return key
+        raise ValueError(f"--publish-key-file {path}: no key in it")
     environ = os.environ if environ is None else environ
     return environ.get(ENV, "").strip() or None
 
