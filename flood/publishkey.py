@@ -2,7 +2,9 @@
 
 Never a flag's value (``ps`` shows a command line): the key comes from
 ``--publish-key-file PATH`` (its first key: one a line, blank lines and ``#``
-comments skipped, as in the server's own key file) or the environment variable
+comments skipped, as in the server's own key file; read here, not with
+:func:`comet.publishers.keys_in_file`, because the flood imports nothing of
+comet's server beyond hostlimits and capacity) or the environment variable
 :data:`ENV`. Neither given: no key, as before (a comet server with no key
 configured lets loopback publish without one). The key is sent as
 ``Authorization: Bearer <key>`` and never printed.
