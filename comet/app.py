@@ -304,7 +304,8 @@ class CometApp:
         return self.hub.room(self.hub.client(environ.get("REMOTE_ADDR"))) is not None
 
     def shutdown(self) -> int:
-        return self.hub.shutdown()
+        """End every connection, spread over --drain-seconds (blocks meanwhile)."""
+        return self.hub.shutdown(over=self.settings.drain_seconds)
 
     # -- publishing -----------------------------------------------------------
 

@@ -197,8 +197,12 @@ SETTINGS: tuple[Setting, ...] = (
             "idle keep-alive connections are closed after it"),
     Setting("write_timeout", positive_float, 60.0,
             "seconds one write to a client may block before the client is dropped"),
+    Setting("drain_seconds", non_negative_float, 10.0,
+            "seconds over which SIGTERM (and a rolling restart) ends the connections, "
+            "a slice at a time, so that their clients do not all come back at once; "
+            "a server with few connections ends them at once (at least 1,000 a second)"),
     Setting("shutdown_timeout", positive_float, 5.0,
-            "seconds SIGTERM waits for streams to end before closing them hard"),
+            "seconds SIGTERM waits, after the drain, for streams to end before closing them hard"),
     Setting("hibernate", on_off, True,
             "on: an idle connection (stream, SSE, WebSocket, waiting long-poll) keeps no "
             "greenlet, only a small record whose socket the router writes to; off: one "

@@ -29,10 +29,16 @@ class End(NamedTuple):
     flush: bool
     #: the SSE event that tells an EventSource client why (its ``event:`` name), or None
     event: str | None = None
+    #: the client is to come back, and many end at once: an SSE stream's last bytes set
+    #: its ``retry:`` to a random delay around --sse-retry, so they do not all come back
+    #: in the same instant (a WebSocket's close code already says "come back")
+    spread: bool = False
 
 
-#: the server stops (SIGTERM): streams say goodbye, WebSockets close with 1001
-SHUTDOWN = End(1001, "server shutting down", True)
+#: the server stops (SIGTERM, a rolling restart): its clients are to come back, to a
+#: sibling worker or to the server that replaces it; WebSockets close with 1012 (service
+#: restart), streams say goodbye, SSE with a jittered ``retry:``
+SHUTDOWN = End(1012, "server shutting down", True, spread=True)
 #: a long-poll got its answer (or its timeout): it ends as a normal response
 ANSWERED = End(1000, "answered", True)
 #: its queue filled up: the reader is too slow for what it is sent
@@ -50,11 +56,11 @@ MESSAGE_TOO_BIG = End(1009, "message too big", False)
 #: a WebSocket frame that breaks RFC 6455 (reserved bits, long control frame, bad opcode)
 PROTOCOL_ERROR = End(1002, "protocol error", False)
 #: the message broker (Redis) cannot be reached: the client retries later
-BROKER_DOWN = End(1013, "message broker unavailable", True)
+BROKER_DOWN = End(1013, "message broker unavailable", True, spread=True)
 #: the subscriber's token ran out (its exp, plus --token-leeway): the client reconnects
 #: with a fresh one. 4001 is in the private range (RFC 6455 7.4.2): a client can tell it
 #: from any protocol-level close; SSE clients get an ``expired`` event.
 TOKEN_EXPIRED = End(4001, "token expired", True, "expired")
 #: history no longer covers what the connection missed (Redis was away too long, or lost
 #: it): the client resumes, and its resume tells it what is missing
-HISTORY_LOST = End(1012, "history lost, resume", True)
+HISTORY_LOST = End(1012, "history lost, resume", True, spread=True)

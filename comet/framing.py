@@ -39,9 +39,16 @@ def _no_farewell(end: End) -> bytes:
     return b""
 
 
-def _sse_farewell(end: End) -> bytes:
-    """An event naming why the stream ends, for the ends a client must act on (expired)."""
-    return wire.sse_event(end.reason.encode(), event=end.event) if end.event else b""
+def _sse_farewell_for(retry: int) -> Callable[[End], bytes]:
+    """An SSE stream's last bytes for an end: an event naming why, for the ends a client
+    must act on (expired); a ``retry:`` drawn around ``retry`` ms for an end that many
+    connections share (a shutdown), so that their clients come back spread out."""
+    def farewell(end: End) -> bytes:
+        last = wire.sse_event(end.reason.encode(), event=end.event) if end.event else b""
+        if end.spread:
+            last = wire.sse_retry(wire.jittered(retry)) + last
+        return last
+    return farewell
 
 
 def _test_farewell(end: End) -> bytes:
@@ -73,10 +80,11 @@ def framing_for(name: str, settings) -> Framing:
                        _chunked_ending(_test_farewell), False)
     if name == "events":
         retry = wire.sse_retry(settings.sse_retry)
+        farewell = _sse_farewell_for(settings.sse_retry)
         return Framing("events", wire.SSE_CONTENT_TYPE, lambda id: retry,
                        lambda m: wire.sse_event(m.data, id=m.id),
-                       lambda n, id: wire.SSE_HEARTBEAT, _sse_farewell, wire.sse_missed,
-                       "heartbeat", wire.chunk, _chunked_ending(_sse_farewell), True)
+                       lambda n, id: wire.SSE_HEARTBEAT, farewell, wire.sse_missed,
+                       "heartbeat", wire.chunk, _chunked_ending(farewell), True)
     if name == "poll":  # a waiting poll sends nothing until its answer (lives' poll code)
         return Framing("poll", wire.POLL_CONTENT_TYPE, lambda id: b"", lambda m: b"",
                        lambda n, id: b"", _no_farewell, None, "poll_timeout", wire.chunk,

@@ -33,7 +33,10 @@ Nothing here knows HTTP, sockets or a transport's framing beyond asking a
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Sequence
+
+import gevent
 
 from comet import ends
 from comet.broker import Broker, BrokerUnavailable, Message, Replay
@@ -51,6 +54,12 @@ from comet.stats import Counters
 from comet.timerwheel import TimerWheel
 
 log = logging.getLogger(__name__)
+
+#: seconds between the slices of a spread shutdown
+DRAIN_TICK = 0.05
+#: connections a second a shutdown ends at least: it is spread over --drain-seconds only
+#: where that is slower (a few thousand streams), and a small server stops at once
+DRAIN_FLOOR = 1000
 
 __all__ = ["RETRY_AFTER", "Hub", "Outgoing", "Refused", "broker_for"]
 
@@ -377,17 +386,44 @@ class Hub:
 
     # -- the server's life ------------------------------------------------------------
 
-    def shutdown(self, end: End = ends.SHUTDOWN) -> int:
-        """Refuse new connections and end every open one cleanly; returns how many."""
+    def shutdown(self, end: End = ends.SHUTDOWN, over: float = 0.0) -> int:
+        """Refuse new connections and end every open one cleanly, spread over at most
+        ``over`` seconds; returns how many. Blocks (sleeps) while it spreads.
+
+        Spread, because every client ended comes back at once otherwise: to the
+        sibling workers in a rolling restart, or to the new server, which would
+        take the whole crowd in one burst (and a thundering herd of resumes on
+        Redis). The ends go in slices every :data:`DRAIN_TICK`, never slower
+        than :data:`DRAIN_FLOOR` a second, so a server holding a few streams
+        stops at once; an SSE client is also told a jittered ``retry:``.
+        """
         self.accepting = False
         conns = self.router.all_connections()
+        total = len(conns)
+        random.shuffle(conns)  # not one id's or one client's connections all in the first slice
+        steps = max(1, int(min(over, total / DRAIN_FLOOR) / DRAIN_TICK))
+        per_step = max(1, -(-total // steps))
+        if steps > 1:
+            log.info("ending %d connections over %.1f s, %d every %.2f s",
+                     total, steps * DRAIN_TICK, per_step, DRAIN_TICK)
+        for start in range(0, total, per_step):
+            if start:
+                gevent.sleep(DRAIN_TICK)
+            self._end_all(conns[start:start + per_step], end)
+        late = self.router.all_connections()  # logged in while the slices went (a resume's
+        self._end_all(late, end)              # round trip began before accepting stopped)
+        self.broker.close()  # its reader and pinger end too: nothing keeps the process up
+        return total + len(late)
+
+    def _end_all(self, conns: Sequence, end: End) -> None:
         for conn in conns:
+            if (conn.ended is not None or not conn.ids
+                    or conn not in self.router.connections_of(conn.ids[0])):
+                continue  # ended or gone while the slices before it went
             try:
                 self._end(conn, end)
             except Exception:  # one connection's failure must not keep the others open
                 log.exception("ending %r failed", conn)
-        self.broker.close()  # its reader and pinger end too: nothing keeps the process up
-        return len(conns)
 
     def snapshot(self) -> dict:
         """``/stats``: the counters, ids held, sleeping timers and the broker."""

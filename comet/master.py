@@ -286,8 +286,13 @@ class Master:
         """SIGTERM: it stops accepting and ends its streams; SIGKILL if it outstays."""
         self.leaving[worker.pid] = worker
         if worker.kill_at is None:
-            worker.kill_at = time.monotonic() + self.settings.shutdown_timeout + STOP_MARGIN
+            worker.kill_at = time.monotonic() + self._stop_allowance()
         _send(worker.pid, signal.SIGTERM)
+
+    def _stop_allowance(self) -> float:
+        """Seconds a worker told to stop has: its drain, its streams' last writes, a margin."""
+        settings = self.settings
+        return settings.drain_seconds + settings.shutdown_timeout + STOP_MARGIN
 
     # -- deaths ---------------------------------------------------------------------
 
@@ -357,8 +362,7 @@ class Master:
                 self.workers[index] = self._fork(index, " (restart)")
         for w in self._children():
             if w.kill_at is not None and w.kill_at <= now:
-                log.warning("%s did not stop within %g s: SIGKILL", w,
-                            self.settings.shutdown_timeout + STOP_MARGIN)
+                log.warning("%s did not stop within %g s: SIGKILL", w, self._stop_allowance())
                 w.kill_at = None
                 _send(w.pid, signal.SIGKILL)
             elif w.ready_fd is not None and w.started + self.ready_timeout <= now:

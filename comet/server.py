@@ -362,7 +362,8 @@ def take_waiting(server: pywsgi.WSGIServer) -> int:
 
 
 def drain(settings: config.Settings, app: CometApp, server: pywsgi.WSGIServer) -> None:
-    """Stop accepting, end every stream with its farewell, wait for them up to the timeout."""
+    """Stop accepting, end every stream with its farewell (spread over --drain-seconds),
+    then wait for their last writes up to --shutdown-timeout."""
     server.close()
     log.info("shutting down: stopped accepting; ending %d connections", app.shutdown())
     server.stop(timeout=settings.shutdown_timeout)

@@ -14,6 +14,7 @@ document; WebSocket sends a message's text as one text frame.
 from __future__ import annotations
 
 import json
+import random
 import re
 import struct
 
@@ -82,6 +83,12 @@ def sse_event(data: bytes, id: str | None = None, event: str | None = None) -> b
 def sse_retry(milliseconds: int) -> bytes:
     """The reconnection delay hint; sent first, so headers and an event go out at once."""
     return b"retry: %d\n\n" % milliseconds
+
+
+def jittered(milliseconds: int) -> int:
+    """A reconnection delay drawn evenly from half to one and a half ``milliseconds``:
+    the same mean, but clients told at once come back spread over that window."""
+    return random.randint(milliseconds // 2, milliseconds * 3 // 2)
 
 
 def sse_missed(position: str, last_event_id: str | None) -> bytes:

@@ -66,7 +66,8 @@ def _end_streams_when_gunicorn_stops(app: CometApp) -> None:
 
     gunicorn installs its handlers before it imports the app; without this its
     graceful stop would wait --graceful-timeout for streams that never end and
-    then cut them. The chained handler only schedules ``app.shutdown`` on the
+    then cut them. The chained handler only schedules ``app.shutdown`` (in a
+    greenlet of its own, since it sleeps while it spreads the ends) on the
     event loop (no greenlet work inside a signal handler) and calls gunicorn's.
     """
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -75,8 +76,8 @@ def _end_streams_when_gunicorn_stops(app: CometApp) -> None:
         if not any(c.__module__.startswith("gunicorn.") for c in type(owner).__mro__):
             continue  # not a gunicorn worker's handler
 
-        def chained(sig, frame, previous=previous):
-            gevent.get_hub().loop.run_callback_threadsafe(app.shutdown)
+        def chained(sig, frame, previous=previous):  # shutdown sleeps while it drains
+            gevent.get_hub().loop.run_callback_threadsafe(gevent.spawn, app.shutdown)
             previous(sig, frame)
 
         signal.signal(signum, chained)

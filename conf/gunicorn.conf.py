@@ -5,6 +5,10 @@ Each value says why; ``python -m comet.tune`` checks the host limits these rely 
 
 import os
 
+from comet import config
+
+_settings = config.Settings(**config.from_environment())
+
 #: comet's worker: gevent, with hibernating connections (no greenlet while idle) and
 #: WebSocket. The stock "gevent" worker also runs the app, one greenlet per connection.
 worker_class = "comet.gunicorn.Worker"
@@ -29,8 +33,9 @@ backlog = 8192
 #: beats from its own greenlet, so long-lived streams do not trip it; a blocked loop does.
 timeout = 30
 
-#: Seconds a stopping worker lets streams finish before it closes them.
-graceful_timeout = 10
+#: Seconds a stopping worker has before gunicorn kills it: comet's drain spreads the ends of its
+#: connections over COMET_DRAIN_SECONDS (10), then their last writes get COMET_SHUTDOWN_TIMEOUT (5).
+graceful_timeout = _settings.drain_seconds + _settings.shutdown_timeout
 
 #: Keep-alive between requests on non-streaming connections (publish, stats).
 keepalive = 5

@@ -97,4 +97,4 @@ def test_a_ws_connection_closed_by_the_server_ends_with_its_code():
         final = flood.run(on_tick=step, tick=0.1)
     finally:
         srv.stop()
-    assert final["reasons"] == {"websocket close 1001": 1}
+    assert final["reasons"] == {"websocket close 1012": 1}

@@ -206,12 +206,56 @@ def test_a_sleeping_websocket_closes_with_the_code_of_what_was_wrong(sent, code)
     assert answer[0] == 0x88 and struct.unpack("!H", answer[2:4])[0] == code
 
 
-def test_shutdown_closes_a_sleeping_websocket_with_1001():
+def test_shutdown_closes_a_sleeping_websocket_with_1012():
     hub = make_hub()
     conn, ours, theirs = sleeping_stream(hub, "ws", SleepingWebSocket)
     conn.wake(ours)
     hub.shutdown()
-    assert read_all(theirs) == wire.ws_close(1001, "server shutting down")
+    assert read_all(theirs) == wire.ws_close(1012, "server shutting down")
+
+
+def test_a_shutdown_tells_an_sse_client_to_come_back_after_a_jittered_retry():
+    hub = make_hub(sse_retry=2000)
+    conn, ours, theirs = sleeping_stream(hub, "events")
+    conn.wake(ours)  # its head and opening went before, with the response's headers
+    hub.shutdown()
+    got = b""
+    while not got.endswith(wire.LAST_CHUNK):
+        got += read_all(theirs)
+    retry = int(got.split(b"retry: ")[1].split(b"\n")[0])
+    assert 1000 <= retry <= 3000 and hub.counters.ends == {"server shutting down": 1}
+
+
+def test_jittered_retries_spread_over_half_to_one_and_a_half_times_the_setting():
+    draws = {wire.jittered(2000) for _ in range(200)}
+    assert min(draws) >= 1000 and max(draws) <= 3000 and len(draws) > 50
+
+
+def test_a_shutdown_spreads_its_ends_in_slices_over_the_drain_and_ends_late_logins():
+    hub = make_hub()
+    framing = framing_for("events", hub.settings)
+    conns = [PlainConnection(hub, framing) for _ in range(3000)]
+    for i, conn in enumerate(conns):
+        hub.open(conn, [f"u{i % 700}"])
+    # 3,000 over 10 s is slower than DRAIN_FLOOR (1,000 a second): 3 s, 60 slices of 50
+    draining = gevent.spawn(hub.shutdown, over=10.0)
+    gevent.sleep(0)  # the first slice goes before the first pause
+    assert sum(c.ended is not None for c in conns) == 50 and not hub.accepting
+    late = PlainConnection(hub, framing)
+    hub.open(late, ["late"])  # a login whose admission came before accepting stopped
+    assert draining.get(timeout=30) == 3001
+    assert all(c.ended is ends.SHUTDOWN for c in [*conns, late])
+    assert hub.router.ids == 0
+
+
+def test_a_shutdown_of_a_few_connections_ends_them_at_once_whatever_the_drain():
+    hub = make_hub()
+    framing = framing_for("events", hub.settings)
+    conns = [PlainConnection(hub, framing) for _ in range(10)]
+    for i, conn in enumerate(conns):
+        hub.open(conn, [f"u{i}"])
+    assert hub.shutdown(over=60.0) == 10  # returns without a pause: no greenlet needed
+    assert all(c.ended is ends.SHUTDOWN for c in conns)
 
 
 def test_a_sleeping_poll_is_answered_by_its_first_message_and_gives_the_socket_back():

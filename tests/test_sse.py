@@ -1,6 +1,9 @@
 """GET /events/<id>: Server-Sent Events, parsed strictly, resumed with Last-Event-ID."""
 
 import json
+import re
+import signal
+import socket
 
 from tests.realserver import post
 from tests.sse import open_events
@@ -120,3 +123,31 @@ def test_a_message_that_is_not_utf8_arrives_as_text_with_bad_bytes_replaced(serv
     assert events.next_message().data == "to al\ufffd \ufffd\ufffd"
     post(server, "/send/u8", "caf\u00e9".encode())
     assert events.next_message().data == "caf\u00e9"
+
+
+def test_sigterm_tells_every_stream_to_come_back_spread_over_the_drain(start_server):
+    """1,200 streams, a 2 s drain: slower than the floor of 1,000 ends a second, so the
+    ends go in slices (the log says how), each with a jittered retry: and its last chunk."""
+    server = start_server("--sse-retry", "2000", "--drain-seconds", "2")
+    socks = []
+    for i in range(1200):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        sock.sendall(f"GET /events/d{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        socks.append(sock)
+    server.wait_for(lambda s: s["connections"].get("events") == 1200, timeout=60,
+                    what="1,200 streams held")
+    server.proc.send_signal(signal.SIGTERM)
+    retries = []
+    for sock in socks:
+        got = b""
+        while not got.endswith(b"\r\n0\r\n\r\n"):
+            data = sock.recv(65536)
+            assert data, f"stream ended without its last chunk: {got[-200:]!r}"
+            got += data
+        sock.close()
+        retries.append([int(v) for v in re.findall(rb"retry: (\d+)\n", got)])
+    assert all(r[0] == 2000 and len(r) == 2 and 1000 <= r[1] <= 3000 for r in retries)
+    assert len({r[1] for r in retries}) > 100  # drawn, not one value for all
+    assert server.proc.wait(30) == 0
+    assert re.search(r"ending 1200 connections over 1\.\d+ s, \d+ every 0\.05 s",
+                     server.log_text())

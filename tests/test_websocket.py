@@ -71,13 +71,13 @@ def test_plain_get_is_told_to_upgrade(server):
     assert answer.status_code == 426 and answer.headers["Upgrade"] == "websocket"
 
 
-def test_shutdown_closes_with_1001(server):
+def test_shutdown_closes_with_1012_service_restart(server):
     ws = connect(server, "/ws/s")
     server.wait_for(lambda s: s["connections"].get("ws") == 1, what="ws open")
     server.proc.send_signal(15)
     opcode, frame = ws.recv_data_frame(control_frame=True)
     assert opcode == websocket.ABNF.OPCODE_CLOSE
-    assert int.from_bytes(frame.data[:2], "big") == 1001
+    assert int.from_bytes(frame.data[:2], "big") == 1012
     assert server.proc.wait(15) == 0
 
 
