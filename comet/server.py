@@ -365,7 +365,8 @@ def drain(settings: config.Settings, app: CometApp, server: pywsgi.WSGIServer) -
     """Stop accepting, end every stream with its farewell (spread over --drain-seconds),
     then wait for their last writes up to --shutdown-timeout."""
     server.close()
-    log.info("shutting down: stopped accepting; ending %d connections", app.shutdown())
+    log.info("shutting down: stopped accepting")
+    log.info("told %d connections to come back", app.shutdown())
     server.stop(timeout=settings.shutdown_timeout)
     log.info("stopped")
 
