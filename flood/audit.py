@@ -214,7 +214,7 @@ class Subscriber:
         if fields.get(b"event") == b"missed":
             self.ledger.missed_events += 1
         elif b"data" in fields and b"event" not in fields:
-            data = fields[b"data"]
+            data = fields[b"data"].split(b":", 1)[0]
             if data.isdigit():
                 self.ledger.got(int(data))
             elif data == PROBE.encode():
@@ -226,13 +226,15 @@ class Audit:
     """The subscribers, the publisher, and their shared ledgers for one run."""
 
     def __init__(self, url: str, subscribers: int, rate: float, prefix: str = "audit",
-                 key: str | None = None, settle: float = 30.0) -> None:
+                 key: str | None = None, settle: float = 30.0, size: int = 0) -> None:
         dest = parse_url(url.rstrip("/") + "/")
         self.host, self.port = dest.host, dest.port
         self.auth = publishkey.header_fields(key).decode("latin-1")
         self.ids = [f"{prefix}-{i}" for i in range(subscribers)]
         self.ledgers = {id: Ledger() for id in self.ids}
         self.rate, self.settle = rate, settle
+        #: each message is its number, then ``:`` and padding up to ``size`` bytes
+        self.padding = ":" + "x" * max(0, size - 8) if size else ""
         self.stopping = gevent.event.Event()
         self.report = Report(subscribers=subscribers)
         self._reconnects: collections.Counter = collections.Counter()
@@ -309,8 +311,8 @@ class Audit:
             gevent.sleep(TICK)
 
     def _send(self, batch: list[tuple[str, int]]) -> None:
-        body = b"".join(json.dumps({"id": id, "message": str(seq)}).encode() + b"\n"
-                        for id, seq in batch)
+        body = b"".join(json.dumps({"id": id, "message": f"{seq}{self.padding}"}).encode()
+                        + b"\n" for id, seq in batch)
         try:
             status, _ = self._publisher.post("/send", body, b"application/x-ndjson")
         except ConnectionRefusedError:  # at connect: nothing was sent
@@ -373,6 +375,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds of publishing (default 30)")
     p.add_argument("--settle", type=float, default=30.0,
                    help="seconds to wait afterwards for the last messages (default 30)")
+    p.add_argument("--size", type=int, default=0,
+                   help="bytes per message, padded after its number (default: the number)")
     p.add_argument("--prefix", default="audit", help="ids are PREFIX-0, PREFIX-1, ...")
     p.add_argument("--publish-key-file", help="a publisher key for a server that needs one "
                    f"(or ${publishkey.ENV})")
@@ -387,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         key = publishkey.client_key(args.publish_key_file)
-        audit = Audit(args.url, args.subscribers, args.rate, args.prefix, key, args.settle)
+        audit = Audit(args.url, args.subscribers, args.rate, args.prefix, key, args.settle,
+                      args.size)
         report = audit.run(args.seconds, during=lambda: print(
             f"publishing: {args.subscribers} subscribers routed; {args.rate:g} messages "
             f"a second for {args.seconds:g} s", flush=True))

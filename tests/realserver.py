@@ -63,8 +63,11 @@ def subscribed(server: RealServer, ids: int = 1) -> None:
 class RealServer:
     """One ``python -m comet.server`` process and what it logged."""
 
-    def __init__(self, *args: str, env: dict | None = None) -> None:
-        self.args = ["--host", "127.0.0.1", "--port", "0", *args]
+    def __init__(self, *args: str, env: dict | None = None, host: str = "127.0.0.1",
+                 prefix: tuple[str, ...] = ()) -> None:
+        self.host = host
+        self.args = ["--host", host, "--port", "0", *args]
+        self.prefix = list(prefix)  #: a command the server runs under (ip netns exec NS)
         self.env = {**os.environ, **(env or {})}
         self.lines: list[str] = []
         self.port: int | None = None
@@ -72,7 +75,7 @@ class RealServer:
 
     def start(self, timeout: float = 20.0) -> RealServer:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "comet.server", *self.args], env=self.env,
+            [*self.prefix, sys.executable, "-m", "comet.server", *self.args], env=self.env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         found = threading.Event()
 
@@ -93,7 +96,7 @@ class RealServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def stats(self) -> dict:
         return requests.get(self.url + "/stats", timeout=10).json()

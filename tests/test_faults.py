@@ -20,6 +20,7 @@ import threading
 import pytest
 
 from flood.audit import Audit, Ledger
+from tests import lossylink
 from tests.realserver import RealServer, free_port
 from tests.workerservers import WorkersServer
 
@@ -184,3 +185,27 @@ def test_a_drained_server_replaced_by_a_new_one_loses_nothing_with_redis(
         srv.stop()
     assert_nothing_lost(report)
     assert report["reconnects"] >= 120 and report["ends"].get("stream ended", 0) >= 120, report
+
+
+# -- a slow, lossy network -----------------------------------------------------------------
+
+
+def test_streams_over_a_slow_lossy_link_lose_nothing(audits):
+    """The server in a namespace of its own behind a shaped veth pair (tests/lossylink.py):
+    the kernel drops packets (counted) and queues bursts; the streams carry on or resume,
+    and every accepted message arrives once."""
+    why = lossylink.problem()
+    if why:
+        pytest.skip(why)
+    with lossylink.LossyLink() as link:
+        srv = RealServer("--sse-retry", "300", "--write-timeout", "20", host=link.server_address,
+                         prefix=link.prefix).start()
+        try:
+            audit = audits(srv.url, "--subscribers", "40", "--rate", "200", "--size", "1000",
+                           "--for", "8", "--settle", "60")
+            report = audit.report(timeout=240)
+            dropped = link.dropped()
+        finally:
+            srv.stop()
+    assert dropped > 0, f"the link dropped nothing ({link.shaping}): no fault was made"
+    assert_nothing_lost(report)
