@@ -373,6 +373,8 @@ def configure_logging(level: str, format: str = "plain") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(formatter(format))
     logging.basicConfig(level=getattr(logging, level), handlers=[handler])
+    if format == "json":  # a Python warning too is a record, not a stray line of text
+        logging.captureWarnings(True)
 
 
 TABLE_START, TABLE_END = ".. options-table-start\n", ".. options-table-end\n"

@@ -113,10 +113,10 @@ class _Opening:
         self.ended = self.ended or end
 
 
-def _fields(event: str, conn, end: End) -> dict:
+def _fields(event: str, conn, end: End | None = None) -> dict:
     """A connection's fields of a log line (``--log-format json``)."""
     return {"event": event, "connection": repr(conn), "transport": conn.transport,
-            "ids": len(conn.ids), "end": end.reason}
+            "ids": len(conn.ids), "end": end.reason if end is not None else None}
 
 
 def broker_for(settings: Settings) -> Broker:
@@ -308,6 +308,8 @@ class Hub:
     def close(self, conn) -> None:
         """``conn`` has ended (``conn.ended``, or the client went): log out, count its end."""
         self.expiries.cancel(conn)
+        # Its ids are named before the logout lets go of them (debug only: no cost else).
+        fields = _fields("closed", conn) if log.isEnabledFor(logging.DEBUG) else None
         self._logout(conn)
         end = conn.ended or ends.CLIENT_GONE
         counters = self.counters
@@ -318,8 +320,9 @@ class Hub:
             conn.client = None
             self.limits.clients.remove(client)
         self.releaser.observe(counters.held)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("closed %r: %s", conn, end.reason, extra=_fields("closed", conn, end))
+        if fields is not None:
+            fields["end"] = end.reason
+            log.debug("closed %s: %s", fields["connection"], end.reason, extra=fields)
 
     def drop(self, conn, end: End, lost: int = 0) -> None:
         """Give up on ``conn`` (too slow): log it out now, end it, count what is lost."""
