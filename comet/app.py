@@ -11,7 +11,8 @@ gunicorn alike. Routes (docs/usage.rst, "HTTP interface"):
 ``POST /send/<id>``     deliver the body to every connection logged in as ``<id>``
 ``POST /send``          a batch: one ``{"id", "message"}`` JSON object a line
 ``POST /broadcast``     deliver the body to every connection
-``GET /stats``          counters and memory as JSON
+``GET /stats``          counters and memory as JSON (``--metrics-from`` only)
+``GET /metrics``        the same figures in Prometheus's format (``--metrics-from`` only)
 ``GET /health``         200 while serving and the broker is reachable, else 503
 ``GET /``               a page that subscribes with EventSource and sends
 ======================  =======================================================
@@ -28,7 +29,7 @@ import logging
 from collections.abc import Callable, Iterable
 from importlib import resources
 
-from comet import publishers, tokens
+from comet import metrics, publishers, tokens
 from comet.broker import BrokerUnavailable
 from comet.burstlog import BurstLog
 from comet.config import Settings
@@ -43,6 +44,7 @@ from comet.inputs import (
     parse_batch,
     read_body,
 )
+from comet.limits import METRICS_FROM
 from comet.ratelimit import RateLimiter, retry_after
 from comet.response import PollResponse, StreamResponse, WebSocketResponse
 from comet.stats import memory_by_line
@@ -93,6 +95,7 @@ class CometApp:
             "/broadcast": (self.broadcast, ("POST",)),
             "/send": (self.send_batch, ("POST",)),
             "/stats": (self.stats_json, ("GET", "HEAD")),
+            "/metrics": (self.metrics, ("GET", "HEAD")),
             "/stats/memory": (self.memory_json, ("GET",)),
             "/health": (self.health, ("GET", "HEAD")),
         }
@@ -117,12 +120,14 @@ class CometApp:
             log.warning("503 %s %s: %s", method, path[:80], down)
             return self._broker_down(respond)
         except BadRequest as error:
+            peer = environ.get("REMOTE_ADDR")
             line = ("%s %s %s: %s (client %s)", error.status[:3], method, path[:80],
-                    error.reason, environ.get("REMOTE_ADDR"))
+                    error.reason, peer)
             if error.limit is not None:  # counted, and logged once per burst
-                self.hub.refuse(error.limit, *line)
+                self.hub.refuse(error.limit, *line, peer=peer)
             elif not error.logged:  # a publisher's refusal is logged once per burst, above
-                log.info(*line)
+                log.info(*line, extra={"event": "refused", "peer": peer,
+                                       "status": int(error.status[:3])})
             return self._plain(respond, error.status, error.reason + "\n", error.headers)
 
     def _route(self, path: str) -> tuple:
@@ -319,7 +324,8 @@ class CometApp:
             self._refusals.log(f"publishers refused ({refused.reason})",
                                "publishers refused (%s): %s %s %s from %s", refused.reason,
                                refused.status[:3], environ["REQUEST_METHOD"],
-                               environ.get("PATH_INFO", "")[:80], environ.get("REMOTE_ADDR"))
+                               environ.get("PATH_INFO", "")[:80], environ.get("REMOTE_ADDR"),
+                               peer=environ.get("REMOTE_ADDR"))
             raise BadRequest(refused.status, refused.text, refused.headers,
                              logged=True) from None
 
@@ -333,7 +339,8 @@ class CometApp:
         self.hub.refuse_publisher(publishers.OVER_RATE, who, messages)
         self._refusals.log(f"publishers refused ({publishers.OVER_RATE})",
                            "publishers refused (%s): %d messages of publisher %s from %s",
-                           publishers.OVER_RATE, messages, who, environ.get("REMOTE_ADDR"))
+                           publishers.OVER_RATE, messages, who, environ.get("REMOTE_ADDR"),
+                           peer=environ.get("REMOTE_ADDR"))
         raise BadRequest("429 Too Many Requests",
                          f"over {self.limiter.rate:g} messages a second for this publisher",
                          (("Retry-After", retry_after(wait)),), logged=True)
@@ -374,8 +381,23 @@ class CometApp:
         body = resources.files("comet").joinpath("static/index.html").read_bytes()
         return self._body(respond, "text/html; charset=utf-8", body)
 
+    def _operator(self, environ: dict) -> None:
+        """403 unless the peer is one --metrics-from lists: what the server holds and
+        refuses is its operator's business. Counted and logged once per burst."""
+        if environ.get("REMOTE_ADDR") not in self.settings.metrics_from:
+            raise BadRequest("403 Forbidden", "not from this address (--metrics-from)",
+                             limit=METRICS_FROM)
+
     def stats_json(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
+        self._operator(environ)
         return self._json(respond, self.stats())
+
+    def metrics(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
+        """Prometheus's scrape: the figures of ``/stats`` (the whole server's, with
+        workers), in the format the scraper's Accept asks for."""
+        self._operator(environ)
+        body, content_type = metrics.exposition(self.stats, environ.get("HTTP_ACCEPT"))
+        return self._body(respond, content_type, body)
 
     def memory_json(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
         self._publisher(environ)  # loopback or a key, as for publishing: it is costly

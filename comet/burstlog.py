@@ -42,14 +42,15 @@ class BurstLog:
         """Kinds in a window now (each holds one entry until its summary)."""
         return len(self._quiet)
 
-    def log(self, kind: str, message: str, *args) -> None:
-        """Log ``message % args`` now if ``kind`` is quiet; else count it for the summary."""
+    def log(self, kind: str, message: str, *args, peer: str | None = None) -> None:
+        """Log ``message % args`` now if ``kind`` is quiet; else count it for the summary.
+        ``peer`` (the client's address) is a field of the line (``--log-format json``)."""
         held = self._quiet.get(kind)
         if held is not None:
             held[0] += 1
             held[1] = (message, args)
             return
-        self.logger.log(self.level, message, *args)
+        self.logger.log(self.level, message, *args, extra={"event": "refused", "peer": peer})
         self._quiet[kind] = [0, None]
         self._later(self.window, lambda: self._summarise(kind))
 
@@ -65,6 +66,6 @@ class BurstLog:
             return
         message, args = example
         self.logger.log(self.level, "%d more refused in %g s (%s), the last: " + message,
-                        count, self.window, kind, *args)
+                        count, self.window, kind, *args, extra={"event": "refused"})
         held[0], held[1] = 0, None
         self._later(self.window, lambda: self._summarise(kind))

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from comet.broker import redacted
+from comet.logformat import FORMATS, formatter
+from comet.peers import LOOPBACK, Peers
 
 ENV_PREFIX = "COMET_"
 
@@ -62,6 +64,13 @@ def log_level(text: str) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError(f"must be one of debug, info, warning, error, not {text!r}")
     return level
+
+
+def log_format(text: str) -> str:
+    name = text.strip().lower()
+    if name not in FORMATS:
+        raise ValueError(f"must be {' or '.join(FORMATS)}, not {text!r}")
+    return name
 
 
 def on_off(text: str) -> bool:
@@ -232,7 +241,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tracemalloc", non_negative_int, 0,
             "frames of traceback tracemalloc keeps (0: off); when on, GET /stats/memory "
             "lists the source lines holding the most memory (costs memory and CPU itself)"),
+    Setting("metrics_from", Peers.parse, Peers.parse(LOOPBACK),
+            "addresses and networks (comma-separated, CIDR) whose clients may read /metrics "
+            "and /stats; others get 403, counted and logged once per burst "
+            "(0.0.0.0/0,::/0: anyone)"),
     Setting("log_level", log_level, "INFO", "debug, info, warning or error"),
+    Setting("log_format", log_format, "plain",
+            "plain: one line of text a record; json: one JSON object a line (time, level, "
+            "logger, message, and where the record has them: connection, transport, ids, "
+            "end, peer, status), for log shippers; master, workers and access log alike"),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
@@ -355,9 +372,13 @@ def _shown(default: Any) -> str:
     return str(default)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level),
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, format: str = "plain") -> None:
+    """The root logger at ``level``, writing to stderr in ``format`` (plain or json)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter(format))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler])
+    if format == "json":  # a Python warning too is a record, not a stray line of text
+        logging.captureWarnings(True)
 
 
 TABLE_START, TABLE_END = ".. options-table-start\n", ".. options-table-end\n"

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 
 import gevent
@@ -50,7 +51,7 @@ from comet.expiry import Expiries
 from comet.limits import RETRY_AFTER, Limits, Refused
 from comet.release import MemoryReleaser
 from comet.router import Router
-from comet.stats import Counters
+from comet.stats import BROKER_DOWN, FULL, SHUTTING_DOWN, Counters
 from comet.timerwheel import TimerWheel
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,12 @@ class _Opening:
         self.ended = self.ended or end
 
 
+def _fields(event: str, conn, end: End | None = None) -> dict:
+    """A connection's fields of a log line (``--log-format json``)."""
+    return {"event": event, "connection": repr(conn), "transport": conn.transport,
+            "ids": len(conn.ids), "end": end.reason if end is not None else None}
+
+
 def broker_for(settings: Settings) -> Broker:
     """The broker the settings ask for: Redis with ``--redis`` (a cluster with
     ``--redis-cluster``), else the in-process one."""
@@ -182,20 +189,21 @@ class Hub:
     def room(self, client: str | None = None) -> str | None:
         """Why no connection (of ``client``, a key of :meth:`client`) can be taken now,
         or None; asks only, counts nothing."""
-        reason = self._full()
-        if reason is not None:
-            return reason
+        full = self._full()
+        if full is not None:
+            return full[1]
         refused = self.limits.check(client)
         return refused.reason if refused is not None else None
 
-    def _full(self) -> str | None:
-        """Why the server takes no connection from anyone now, or None."""
+    def _full(self) -> tuple[str, str] | None:
+        """Why the server takes no connection from anyone now (its kind, and the words
+        a client is told), or None."""
         if not self.accepting:
-            return "server is shutting down"
+            return SHUTTING_DOWN, "server is shutting down"
         if not self.broker.up:
-            return "message broker unavailable"
+            return BROKER_DOWN, "message broker unavailable"
         if self.counters.held >= self.settings.max_connections:
-            return f"at capacity ({self.settings.max_connections} connections)"
+            return FULL, f"at capacity ({self.settings.max_connections} connections)"
         return None
 
     def client(self, address: str | None) -> str | None:
@@ -206,18 +214,18 @@ class Hub:
         """Take one more connection (of ``client``, a key of :meth:`client`), or raise
         :class:`Refused`: counted in ``refused`` when the server is full or stopping,
         by its limit's kind (:meth:`refuse`, by the caller) when over a limit."""
-        reason = self._full()
-        if reason is not None:
-            self.counters.refused += 1
-            raise Refused(reason)
+        full = self._full()
+        if full is not None:
+            self.counters.refusals[full[0]] += 1
+            raise Refused(full[1])
         refused = self.limits.take(client)
         if refused is not None:
             raise refused
 
-    def refuse(self, kind: str, message: str, *args) -> None:
+    def refuse(self, kind: str, message: str, *args, peer: str | None = None) -> None:
         """Count a refusal for the limit ``kind`` and log it, once per burst of its kind."""
         self.counters.limits[kind] += 1
-        self.refusals_log.log(kind, message, *args)
+        self.refusals_log.log(kind, message, *args, peer=peer)
 
     def refuse_subscriber(self, reason: str) -> None:
         """Count a subscriber refused for its token (401) or for an id it may not have (403)."""
@@ -283,6 +291,8 @@ class Hub:
                 conn.seen = messages[-1].seq
         if stand_in.ended is not None or stand_in.overflowed:
             self.drop(conn, stand_in.ended or ends.SLOW_CONSUMER)
+        if resume:
+            counters.resumes["missed" if replay.missed else "recovered"] += 1
         if not (resume or messages):
             return None
         return Replay(messages, replay.missed, replay.start)
@@ -307,6 +317,8 @@ class Hub:
     def close(self, conn) -> None:
         """``conn`` has ended (``conn.ended``, or the client went): log out, count its end."""
         self.expiries.cancel(conn)
+        # Its ids are named before the logout lets go of them (debug only: no cost else).
+        fields = _fields("closed", conn) if log.isEnabledFor(logging.DEBUG) else None
         self._logout(conn)
         end = conn.ended or ends.CLIENT_GONE
         counters = self.counters
@@ -317,13 +329,15 @@ class Hub:
             conn.client = None
             self.limits.clients.remove(client)
         self.releaser.observe(counters.held)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("closed %r: %s", conn, end.reason)
+        if fields is not None:
+            fields["end"] = end.reason
+            log.debug("closed %s: %s", fields["connection"], end.reason, extra=fields)
 
     def drop(self, conn, end: End, lost: int = 0) -> None:
         """Give up on ``conn`` (too slow): log it out now, end it, count what is lost."""
         if conn.ids:
-            log.warning("dropping %s %s on %s", end.reason, ",".join(conn.ids), conn.transport)
+            log.warning("dropping %s %s on %s", end.reason, ",".join(conn.ids), conn.transport,
+                        extra=_fields("dropped", conn, end))
             self.counters.drops[end.reason] += 1
         self._logout(conn)
         self.counters.messages_dropped += lost + conn.drop(end)
@@ -341,26 +355,32 @@ class Hub:
         Raises :class:`~comet.broker.BrokerUnavailable` when it went nowhere.
         """
         result = self.broker.publish(id, data)
-        self.counters.messages_in += 1
+        self.counters.published["send"] += 1
         return result
 
     def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[tuple[Message, int | None]]:
         """:meth:`publish` for each ``(id, data)`` of a batch, in one round trip where it can."""
         results = self.broker.publish_many(items)
-        self.counters.messages_in += len(results)
+        self.counters.published["batch"] += len(results)
         return results
 
     def broadcast(self, data: bytes) -> tuple[Message, int | None]:
         """To every connection, as :meth:`publish`."""
         result = self.broker.broadcast(data)
-        self.counters.messages_in += 1
+        self.counters.published["broadcast"] += 1
         return result
 
     def deliver(self, id: str | None, message: Message) -> int:
         """The broker's call: ``message`` to this process's connections of ``id`` (None: all)."""
         out = Outgoing(message)
-        delivered, slow = (self.router.broadcast(out) if id is None
-                           else self.router.send(id, out))
+        if id is None:
+            # Timed once per broadcast (two clock reads), never per connection: what
+            # handing one message to everyone here costs (/metrics' fan-out histogram).
+            began = time.perf_counter()
+            delivered, slow = self.router.broadcast(out)
+            self.counters.fanout.observe(time.perf_counter() - began)
+        else:
+            delivered, slow = self.router.send(id, out)
         self.counters.messages_out += delivered
         for conn in slow:
             self.drop(conn, ends.SLOW_CONSUMER, lost=1)

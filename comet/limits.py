@@ -41,6 +41,8 @@ REQUEST_LINE_TOO_LONG = "request line too long"
 HEAD_TOO_LARGE = "request head too large"
 HEAD_TOO_SLOW = "request head too slow"
 FRAME_TOO_BIG = "websocket frame too big"
+#: /metrics or /stats asked from an address --metrics-from does not list
+METRICS_FROM = "metrics from elsewhere"
 
 
 class Refused(Exception):

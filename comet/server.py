@@ -249,7 +249,7 @@ class CometHandler(WebSocketHandler):
         per burst (a server with another application only logs it)."""
         hub = getattr(self.server.application, "hub", None)
         if hub is not None:
-            hub.refuse(kind, message, *args)
+            hub.refuse(kind, message, *args, peer=self._client())
         else:
             log.info(message, *args)
 
@@ -277,7 +277,9 @@ class CometHandler(WebSocketHandler):
 
     def log_request(self) -> None:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s", self.format_request())
+            log.debug("%s", self.format_request(),
+                      extra={"event": "request", "peer": self._client(),
+                             "status": getattr(self, "code", None)})
 
     def format_request(self) -> str:
         """pywsgi's access log line, whose request line carries the query string: a
@@ -432,7 +434,7 @@ def announce_publishing(settings: config.Settings) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     settings = config.load(argv)
-    config.configure_logging(settings.log_level)
+    config.configure_logging(settings.log_level, settings.log_format)
     refused = announce_subscribing(settings) or announce_publishing(settings)
     if refused is not None:
         return refused

@@ -9,6 +9,7 @@ server's figures out of each worker's own snapshot.
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 import tracemalloc
@@ -28,11 +29,19 @@ class Counters:
         self.baseline_rss = self.rss()
         #: connections open now, by transport ("test", "events", "poll", "ws")
         self.open: Counter = Counter()
-        #: connections admitted / refused (at --max-connections, or shutting down)
+        #: connections admitted
         self.accepted = 0
-        self.refused = 0
-        #: messages published here (send and broadcast)
-        self.messages_in = 0
+        #: connections refused when no limit did, by why (:data:`ROOM_REFUSALS`);
+        #: refusals for a limit are in ``limits``
+        self.refusals: Counter = Counter()
+        #: messages published here, by how: one ``/send/<id>``, the lines of a batch
+        #: ``/send``, a ``/broadcast`` (a fixed set of keys: one dict lookup a publish)
+        self.published = dict.fromkeys(PUBLISH_PATHS, 0)
+        #: resumes (a Last-Event-ID, a long-poll's since), by whether history covered
+        #: the gap: "recovered" or "missed"
+        self.resumes: Counter = Counter()
+        #: how long this process took to hand each broadcast to its connections
+        self.fanout = Histogram(FANOUT_BOUNDS)
         #: deliveries made by this process (one message to three connections: three)
         self.messages_out = 0
         #: messages lost with dropped connections: the one refused and those queued
@@ -55,12 +64,30 @@ class Counters:
         self.limits: Counter = Counter()
 
     @property
+    def refused(self) -> int:
+        """Connections refused for want of room (full, stopping, no broker)."""
+        return sum(self.refusals.values())
+
+    @property
+    def messages_in(self) -> int:
+        """Messages published here, whatever the path."""
+        return sum(self.published.values())
+
+    @property
     def held(self) -> int:
         """Connections open now, whatever their transport."""
         return sum(self.open.values())
 
     def rss(self) -> int:
         return self._process.memory_info().rss
+
+    def open_files(self) -> int | None:
+        """Descriptors open in this process (sockets included): what the open-files
+        limit bounds. None where the system will not say."""
+        try:
+            return self._process.num_fds()
+        except (psutil.Error, OSError):
+            return None
 
     def reset_baseline(self) -> None:
         """Call once the server is warmed up and idle, before clients come."""
@@ -75,12 +102,16 @@ class Counters:
             "connections": {"total": held, **dict(sorted(self.open.items()))},
             "accepted": self.accepted,
             "refused": self.refused,
+            "refused_reasons": dict(sorted(self.refusals.items())),
             "subscribers_refused": dict(sorted(self.subscribers_refused.items())),
             "publishers_refused": dict(sorted(self.publishers_refused.items())),
             "publishes_limited": dict(sorted(self.publishes_limited.items())),
             "ids": ids,
             "messages": {"in": self.messages_in, "out": self.messages_out,
                          "dropped": self.messages_dropped},
+            "published": dict(self.published),
+            "resumes": dict(sorted(self.resumes.items())),
+            "fanout_seconds": self.fanout.snapshot(),
             "slow_consumers": self.drops[SLOW_CONSUMER.reason],
             "drops": dict(sorted(self.drops.items())),
             "ends": dict(sorted(self.ends.items())),
@@ -88,7 +119,58 @@ class Counters:
             "rss_bytes": rss,
             "rss_baseline_bytes": self.baseline_rss,
             "rss_per_connection": round((rss - self.baseline_rss) / held) if held else None,
+            "open_files": self.open_files(),
         }
+
+
+#: the transports, by the names connections are counted under
+TRANSPORTS = ("test", "events", "poll", "ws")
+
+#: why admission refuses a connection when no limit does (``refused_reasons`` in
+#: /stats, the ``reason`` label of ``comet_connections_refused_total``)
+SHUTTING_DOWN = "shutting down"
+BROKER_DOWN = "broker down"
+FULL = "server full"
+ROOM_REFUSALS = (FULL, SHUTTING_DOWN, BROKER_DOWN)
+
+#: how a message reached the hub (``published`` in /stats, a label of /metrics)
+PUBLISH_PATHS = ("send", "batch", "broadcast")
+
+#: upper bounds (seconds) of the broadcast fan-out histogram: 0.1 ms (a few
+#: connections) to 10 s (far past a process's 19,000 connections)
+FANOUT_BOUNDS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    """Observations counted in fixed buckets, Prometheus's way, without its client.
+
+    Kept in the hub's counters and shown in ``/stats`` as plain numbers, so a
+    worker's histogram adds up with its siblings' through :func:`summed` like
+    every other count; ``/metrics`` turns the sums into a histogram family.
+    One observation is a bisect and two additions.
+    """
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        #: observations per bucket, not cumulative; the last is above every bound
+        self.counts = [0] * (len(bounds) + 1)
+        #: the sum of every observation
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def snapshot(self) -> dict:
+        """Cumulative counts by upper bound (``"+Inf"`` last), the sum and the count."""
+        cumulative, running = {}, 0
+        for bound, count in zip((*map(repr, self.bounds), "+Inf"), self.counts, strict=True):
+            running += count
+            cumulative[bound] = running
+        return {"buckets": cumulative, "sum": self.total, "count": running}
 
 
 #: snapshot fields that describe one process: listed per worker, never added up
@@ -118,7 +200,7 @@ def summed(snapshots: list[dict]) -> dict:
 
 #: snapshot fields counted by reason: their sums keep the reasons sorted
 BY_REASON = ("drops", "ends", "subscribers_refused", "publishers_refused",
-             "publishes_limited")
+             "publishes_limited", "refused_reasons", "resumes")
 
 
 def _add(snapshots: list[dict]) -> dict:

@@ -53,7 +53,7 @@ def _claim_only_worker() -> int:
 
 
 def _make_application(settings: config.Settings) -> CometApp:
-    config.configure_logging(settings.log_level)
+    config.configure_logging(settings.log_level, settings.log_format)
     if announce_subscribing(settings) is not None:  # said in the log; gunicorn stops
         raise tokens.TokenSettingsError("unusable token settings (the line above says why)")
     if announce_publishing(settings) is not None:
