@@ -61,8 +61,9 @@ ENDS = {"rst": 0.4, "clean": 0.4, "mid-request": 0.2}
 HEAD_TIMEOUT = 10.0
 #: seconds between readings while waiting for the server to be idle
 SETTLE_STEP = 0.5
-#: messages per request when the history is filled
-FILL_BATCH = 500
+#: messages per request when the history is filled, and bytes such a batch stays under
+#: (the server's --max-batch is 1 MiB by default)
+FILL_BATCH, FILL_BYTES = 500, 512 * 1024
 
 EPILOG = """\
 The 200,000-connection soak (issue 12), run against a server of its own:
@@ -250,9 +251,10 @@ def fill_history(host: str, port: int, plan: Plan, per_id: int, key: str | None,
     publisher = Publisher(host, port, headers=publishkey.header_fields(key), timeout=30)
     items = [(id, f"fill {n} ".ljust(plan.message_bytes, "x"))
              for n in range(per_id) for id in plan.ids]
+    step = max(1, min(FILL_BATCH, FILL_BYTES // (plan.message_bytes + 64)))
     try:
-        for start in range(0, len(items), FILL_BATCH):
-            _post(publisher, items[start:start + FILL_BATCH], tally)
+        for start in range(0, len(items), step):
+            _post(publisher, items[start:start + step], tally)
     finally:
         publisher.close()
 
