@@ -189,7 +189,10 @@ def _read_client(conn: PlainConnection, sock, read: Callable[[int], bytes]) -> N
     end = None
     try:
         while end is None:
-            wait_read(sock.fileno(), timeout=sock.gettimeout(), timeout_exc=TimeoutError)
+            # No timeout: the socket's is --write-timeout (for the writer), and a
+            # listening client may rightly send nothing for longer; a peer that
+            # vanished is found by the writer (heartbeat pings, bounded writes).
+            wait_read(sock.fileno())
             data = read(wsreader.READ_CHUNK)
             if not data:
                 end = ends.CLIENT_GONE

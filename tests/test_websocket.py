@@ -112,3 +112,19 @@ def test_a_write_blocked_past_the_write_timeout_drops_the_websocket(start_server
     assert stats["drops"] == {"write timed out": 1}, stats
     assert stats["slow_consumers"] == 0
     ws.close()
+
+
+def test_a_silent_client_outlives_the_write_timeout(start_server):
+    """A WebSocket client that only listens sends nothing between pings; the write
+    timeout bounds the server's writes, never how long the client may be silent
+    (the plain life's reader once waited for client frames with it, and ended a
+    listening client as gone after --write-timeout)."""
+    server = start_server("--write-timeout", "1", "--heartbeat", "60")
+    ws = connect(server, "/ws/quiet")
+    opened = server.wait_for(lambda s: s["connections"].get("ws") == 1, what="ws open")
+    server.wait_for(lambda s: s["uptime"] > opened["uptime"] + 3, timeout=20,
+                    what="three write timeouts gone by")
+    post(server, "/send/quiet", b"still here")
+    assert ws.recv() == "still here"
+    assert server.stats()["ends"].get("client gone", 0) == 0
+    ws.close()
