@@ -1,8 +1,10 @@
 """A slow, lossy link to a server in a network namespace of its own, made by the test.
 
-A veth pair joins the test's namespace (192.0.2.1, TEST-NET-1: a documentation
-range, routed nowhere) to a namespace made for the test (192.0.2.2), where the
-server runs under ``ip netns exec``. Each end's queue is shaped:
+A veth pair joins the test's namespace to a namespace made for the test, where
+the server runs under ``ip netns exec``, over a /30 from the documentation
+ranges (TEST-NET-2 and -3, then -1: routed nowhere), the first that no address
+of this host overlaps (a cloud machine may have one of them on its own link).
+Each end's queue is shaped:
 
 * with ``tc netem`` where the kernel has it (``sch_netem``): delay with jitter
   and random loss;
@@ -16,6 +18,7 @@ qdiscs' drop counters, so a test can show its fault happened. Needs root
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -23,6 +26,20 @@ import subprocess
 
 NETEM = ("netem", "delay", "40ms", "10ms", "loss", "2%")
 TBF = ("tbf", "rate", "1mbit", "burst", "4kb", "limit", "6kb")
+
+
+#: where the link's /30 may come from
+RANGES = ("198.51.100.0/24", "203.0.113.0/24", "192.0.2.0/24")
+
+
+def free_subnet() -> ipaddress.IPv4Network:
+    """A /30 of :data:`RANGES` that overlaps none of this host's IPv4 networks."""
+    taken = [ipaddress.ip_interface(m).network for m in
+             re.findall(r"inet (\S+)", _run("ip", "-4", "-o", "addr", "show").stdout)]
+    for subnet in (s for r in RANGES for s in ipaddress.ip_network(r).subnets(new_prefix=30)):
+        if not any(subnet.overlaps(net) for net in taken):
+            return subnet
+    raise RuntimeError("every documentation /30 is in use on this host")
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess:
@@ -49,7 +66,9 @@ class LossyLink:
         tag = f"{os.getpid() % 100000}"
         self.ns = f"comet-lossy-{tag}"
         self.outer, self.inner = f"cmtl{tag}a", f"cmtl{tag}b"
-        self.client_address, self.server_address = "192.0.2.1", "192.0.2.2"
+        self.subnet = free_subnet()
+        client, server = list(self.subnet.hosts())
+        self.client_address, self.server_address = str(client), str(server)
         self.shaping: tuple[str, ...] = ()
 
     def open(self) -> LossyLink:

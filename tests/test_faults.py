@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import threading
 
 import pytest
 
+from flood import publishkey
 from flood.audit import Audit, Ledger
 from tests import lossylink
 from tests.realserver import RealServer, free_port
@@ -28,11 +30,12 @@ from tests.workerservers import WorkersServer
 class AuditProcess:
     """``python -m flood.audit`` against ``url``; its output lines as they come."""
 
-    def __init__(self, tmp_path, url: str, *args: str) -> None:
+    def __init__(self, tmp_path, url: str, *args: str, env: dict | None = None) -> None:
         self.report_path = tmp_path / "audit.json"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flood.audit", url, "--json", str(self.report_path),
-             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, **(env or {})})
         self.lines: list[str] = []
         self.publishing = threading.Event()
         threading.Thread(target=self._pump, daemon=True).start()
@@ -62,8 +65,8 @@ class AuditProcess:
 def audits(tmp_path):
     started: list[AuditProcess] = []
 
-    def start(url: str, *args: str) -> AuditProcess:
-        audit = AuditProcess(tmp_path, url, *args)
+    def start(url: str, *args: str, env: dict | None = None) -> AuditProcess:
+        audit = AuditProcess(tmp_path, url, *args, env=env)
         started.append(audit)
         return audit
 
@@ -197,12 +200,13 @@ def test_streams_over_a_slow_lossy_link_lose_nothing(audits):
     why = lossylink.problem()
     if why:
         pytest.skip(why)
+    key = secrets.token_urlsafe(24)  # the audit publishes from off loopback: a key it needs
     with lossylink.LossyLink() as link:
-        srv = RealServer("--sse-retry", "300", "--write-timeout", "20", host=link.server_address,
-                         prefix=link.prefix).start()
+        srv = RealServer("--sse-retry", "300", host=link.server_address, prefix=link.prefix,
+                         env={"COMET_PUBLISH_KEYS": key}).start()
         try:
             audit = audits(srv.url, "--subscribers", "40", "--rate", "200", "--size", "1000",
-                           "--for", "8", "--settle", "60")
+                           "--for", "8", "--settle", "60", env={publishkey.ENV: key})
             report = audit.report(timeout=240)
             dropped = link.dropped()
         finally:
