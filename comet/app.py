@@ -63,6 +63,12 @@ CORS_PREFIXES = ("/events/", "/poll/", "/ws/")
 StartResponse = Callable[..., object]
 
 
+#: a draining server's answers end their keep-alive connection: the client's next request
+#: (a publisher's, say) opens a new one, which a server that stays accepts, instead of being
+#: sent down a connection the drain is about to close (it would not know if it was taken)
+CLOSE_WHILE_DRAINING = ("Connection", "close")
+
+
 class CometApp:
     """``application(environ, start_response)`` over one :class:`~comet.hub.Hub`."""
 
@@ -104,7 +110,8 @@ class CometApp:
         method = environ["REQUEST_METHOD"]
         path = environ.get("PATH_INFO", "/")
         cors = self._cors_headers(environ, path)
-        respond = _with_headers(start_response, cors)
+        extra = cors if self.hub.accepting else [*cors, CLOSE_WHILE_DRAINING]
+        respond = _with_headers(start_response, extra)
         try:
             handler, allowed, arg = self._route(path)
             if handler is None:

@@ -65,6 +65,10 @@ STALL = 60.0
 HELD_ENDS = ("stream ended", "closed mid-stream", "connection reset", "stalled")
 #: the data of the messages that check an id is routed before publishing starts
 PROBE = "probe"
+#: subscribers started a second, in steps of RAMP_STEP
+RAMP, RAMP_STEP = 2000, 100
+#: probes in one batch publish: far below a server's --max-batch bytes
+PROBES_PER_BATCH = 1000
 #: an event's fields, as the WHATWG parser reads them (CR LF and CR are not sent by comet)
 _FIELD = re.compile(rb"^([^:\n]*):? ?(.*)$", re.M)
 
@@ -260,7 +264,11 @@ class Audit:
         make one), settle, and count."""
         self._started = time.monotonic()
         subs = [Subscriber(self, id) for id in self.ids]
-        readers = [gevent.spawn(s.run) for s in subs]
+        readers = []
+        for n, sub in enumerate(subs):  # a ramp, not one storm of SYNs the server queues
+            readers.append(gevent.spawn(sub.run))
+            if n % RAMP_STEP == RAMP_STEP - 1:
+                gevent.sleep(RAMP_STEP / RAMP)
         self._wait_subscribed(subs)
         fault = gevent.spawn(during) if during else None
         self._publish_for(seconds)
@@ -284,9 +292,10 @@ class Audit:
         while waiting := [s for s in subs if not (s.opened and s.ledger.probed)]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{len(waiting)} subscribers not reached in {timeout:g} s")
-            body = b"".join(json.dumps({"id": s.id, "message": PROBE}).encode() + b"\n"
-                            for s in waiting if s.opened)
-            if body:
+            ready = [s.id for s in waiting if s.opened]
+            for start in range(0, len(ready), PROBES_PER_BATCH):
+                body = b"".join(json.dumps({"id": id, "message": PROBE}).encode() + b"\n"
+                                for id in ready[start:start + PROBES_PER_BATCH])
                 try:
                     self._publisher.post("/send", body, b"application/x-ndjson")
                 except (OSError, heads.HeadError, DecodeError):

@@ -18,8 +18,11 @@ import subprocess
 import sys
 import threading
 
+import gevent.socket
 import pytest
 
+from comet import config, server
+from comet.app import CometApp
 from flood import publishkey
 from flood.audit import Audit, Ledger
 from tests import lossylink
@@ -213,3 +216,33 @@ def test_streams_over_a_slow_lossy_link_lose_nothing(audits):
             srv.stop()
     assert dropped > 0, f"the link dropped nothing ({link.shaping}): no fault was made"
     assert_nothing_lost(report)
+
+
+# -- a draining server lets go of its keep-alive clients -------------------------------------
+
+
+def test_while_draining_each_answer_closes_its_keep_alive_connection():
+    """A publisher on a keep-alive connection to a worker that drains is told (Connection:
+    close) to open its next connection elsewhere, rather than find this one closed under a
+    request it cannot know the fate of; and once drained, a publish that would go nowhere
+    is a 503, never a 200 or a 500."""
+    settings = config.Settings(host="127.0.0.1", port=0)
+    app = CometApp(settings)
+    http = server.make_server(settings, app, server.listen("127.0.0.1", 0, 16))
+    http.start()
+    try:
+        sock = gevent.socket.create_connection(http.address[:2], timeout=10)
+        request = b"POST /send/u HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+        sock.sendall(request)
+        first = sock.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200") and b"Connection: close" not in first
+        assert app.shutdown() == 0  # nothing held: accepting stops at once
+        sock.sendall(request)
+        second = b""
+        while data := sock.recv(4096):
+            second += data
+        # drained: the in-process broker is closed, so the message would go nowhere: a 503
+        assert second.startswith(b"HTTP/1.1 503") and b"Connection: close" in second
+        assert b"Retry-After" in second
+    finally:
+        http.stop()

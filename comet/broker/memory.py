@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from comet.broker import Deliver, Lost, Message, Replay, parse_position
+from comet.broker import BrokerUnavailable, Deliver, Lost, Message, Replay, parse_position
 
 #: the "user id" under which broadcasts are kept
 BROADCAST = "*"
@@ -55,15 +55,25 @@ class MemoryBroker:
         """Nothing to do, as for :meth:`subscribe`."""
 
     def publish(self, id: str, data: bytes) -> tuple[Message, int]:
+        deliver = self._open()
         message = self.history.publish(id, data)
-        return message, self._deliver(id, message)
+        return message, deliver(id, message)
 
     def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[tuple[Message, int]]:
+        self._open()  # all or nothing: refused before the first is kept
         return [self.publish(id, data) for id, data in items]
 
     def broadcast(self, data: bytes) -> tuple[Message, int]:
+        deliver = self._open()
         message = self.history.publish(BROADCAST, data)
-        return message, self._deliver(None, message)
+        return message, deliver(None, message)
+
+    def _open(self) -> Deliver:
+        """Where messages go; closed (the server has drained), a message would go nowhere,
+        and the history with it when the process exits: refused, never a 200."""
+        if self._deliver is None:
+            raise BrokerUnavailable("the server is shutting down")
+        return self._deliver
 
     def replay(self, ids: Sequence[str], last: str | None) -> Replay:
         return self.history.since(ids, last)
