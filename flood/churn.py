@@ -346,6 +346,7 @@ class Report:
 
 _ROWS = (("resident memory (MiB)", lambda s: round(s.rss_total / 2**20, 1)),
          ("open descriptors", lambda s: sum(v for v in s.fds.values() if v is not None)),
+         ("connections to Redis", lambda s: sum(s.redis_fds.values()) if s.redis_fds else None),
          ("connections held", lambda s: s.connections), ("ids in the router", lambda s: s.ids),
          ("timer wheel entries", lambda s: s.timers), ("token timers", lambda s: s.token_timers),
          ("broker subscriptions", lambda s: s.subscribed_ids),

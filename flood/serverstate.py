@@ -23,7 +23,9 @@ import os
 from dataclasses import asdict, dataclass, field
 
 import gevent.socket
+import psutil
 import redis
+import redis.connection
 
 from flood.chunked import ChunkedDecoder
 from flood.head import parse_head, split_head
@@ -43,8 +45,13 @@ class State:
     pids: dict = field(default_factory=dict)
     #: label -> resident bytes, as the process itself reports it in /stats
     rss: dict = field(default_factory=dict)
-    #: label -> open descriptors (/proc/PID/fd entries), None where unreadable
+    #: label -> open descriptors (/proc/PID/fd entries), None where unreadable; with a
+    #: Redis URL, less the connections to that Redis (:attr:`redis_fds`)
     fds: dict = field(default_factory=dict)
+    #: label -> connections to the server's Redis: its client's pool, which keeps what
+    #: it opened (up to its bound) for the process's life, and the pub/sub connection;
+    #: shown, not held to the start (a pool that grew by one is not a leak)
+    redis_fds: dict = field(default_factory=dict)
     connections: int = 0
     ids: int = 0
     timers: int = 0
@@ -124,6 +131,20 @@ def descriptors(pid: int | None) -> int | None:
         return None
 
 
+def redis_connections(pid: int | None, url: str) -> int:
+    """Sockets of ``pid`` connected to the Redis of ``url`` (0 where unreadable)."""
+    if pid is None:
+        return 0
+    where = redis.connection.parse_url(url)
+    host, port = where.get("host", "127.0.0.1"), int(where.get("port", 6379))
+    try:
+        address = gevent.socket.gethostbyname(host)
+        return sum(1 for c in psutil.Process(pid).net_connections(kind="inet")
+                   if c.raddr and (c.raddr.ip, c.raddr.port) == (address, port))
+    except (OSError, psutil.Error):
+        return 0
+
+
 def redis_counts(url: str, ids: list[str]) -> tuple[int, int]:
     """(id channels Redis has subscribers on, subscribers on the churned ids' channels).
 
@@ -163,6 +184,10 @@ def take(host: str, port: int, redis_url: str | None = None,
                   history_kept=broker.get("kept"))
     if redis_url:
         state.redis_channels, state.redis_numsub = redis_counts(redis_url, ids or [])
+        state.redis_fds = {label: redis_connections(pid, redis_url)
+                           for label, pid in pids.items()}
+        state.fds = {label: None if n is None else n - state.redis_fds[label]
+                     for label, n in state.fds.items()}
     return state
 
 
@@ -196,6 +221,9 @@ def _descriptors(start: State, end: State) -> list[Check]:
     for label, pid in start.pids.items():
         before, after = start.fds.get(label), end.fds.get(label)
         name = f"open descriptors of {label} (pid {pid})"
+        if label in end.redis_fds:
+            name += (f", its {start.redis_fds.get(label, 0)} -> {end.redis_fds[label]} "
+                     "connections to Redis aside")
         if end.pids.get(label) != pid:
             checks.append(Check(name, before, after, False, "the process is gone or replaced"))
         elif before is None or after is None:

@@ -11,6 +11,7 @@ read from a real server holding a connection the test left open.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -135,3 +136,18 @@ def test_a_real_server_holding_a_stream_fails_the_checks(hibernate):
     assert failed["connections held"] == failed["ids in the router"] == "1 left behind"
     assert failed[f"open descriptors of server (pid {server.proc.pid})"] == \
         "1 more than at the start"
+
+
+def test_connections_to_the_servers_redis_are_told_apart_from_other_descriptors(redis_server):
+    """A Redis client's pool keeps what it opened (up to its bound): counted apart, not as
+    descriptors the churn left behind."""
+    client = redis_server.client()
+    client.ping()
+    others = redis_server.client()
+    others.ping()
+    try:
+        assert serverstate.redis_connections(os.getpid(), redis_server.url) == 2
+        assert serverstate.redis_connections(os.getpid(), "redis://127.0.0.1:1/0") == 0
+    finally:
+        client.close()
+        others.close()
