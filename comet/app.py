@@ -13,6 +13,7 @@ gunicorn alike. Routes (docs/usage.rst, "HTTP interface"):
 ``POST /broadcast``     deliver the body to every connection
 ``GET /stats``          counters and memory as JSON (``--metrics-from`` only)
 ``GET /metrics``        the same figures in Prometheus's format (``--metrics-from`` only)
+``GET /dashboard``      a live page of those figures, fed by ``/dashboard/events`` (idem)
 ``GET /health``         200 while serving and the broker is reachable, else 503
 ``GET /``               a page that subscribes with EventSource and sends
 ======================  =======================================================
@@ -29,7 +30,7 @@ import logging
 from collections.abc import Callable, Iterable
 from importlib import resources
 
-from comet import metrics, publishers, tokens
+from comet import dashboard, metrics, publishers, tokens
 from comet.broker import BrokerUnavailable
 from comet.burstlog import BurstLog
 from comet.config import Settings
@@ -78,6 +79,9 @@ class CometApp:
         self.hub = hub if hub is not None else Hub(settings)
         #: what ``GET /stats`` answers: this process's hub, or (a worker's) the whole server
         self.stats = stats if stats is not None else self.hub.snapshot
+        #: the dashboard streams, fed what /stats answers (read at each tick: a worker
+        #: replaces self.stats with the whole server's after this)
+        self.dashboards = dashboard.Dashboards(lambda: self.stats())
         #: verifies subscriber tokens; None: subscribing is open to anyone
         self.tokens = tokens.verifier_for(settings)
         #: who may publish: the configured keys (kept current), or loopback alone
@@ -102,6 +106,8 @@ class CometApp:
             "/send": (self.send_batch, ("POST",)),
             "/stats": (self.stats_json, ("GET", "HEAD")),
             "/metrics": (self.metrics, ("GET", "HEAD")),
+            "/dashboard": (self.dashboard, ("GET", "HEAD")),
+            "/dashboard/events": (self.dashboard_events, ("GET",)),
             "/stats/memory": (self.memory_json, ("GET",)),
             "/health": (self.health, ("GET", "HEAD")),
         }
@@ -316,7 +322,9 @@ class CometApp:
         return self.hub.room(self.hub.client(environ.get("REMOTE_ADDR"))) is not None
 
     def shutdown(self) -> int:
-        """End every connection, spread over --drain-seconds (blocks meanwhile)."""
+        """End every connection, spread over --drain-seconds (blocks meanwhile); the
+        dashboard streams end first (they are not counted: no client of the hub)."""
+        self.dashboards.stop()
         return self.hub.shutdown(over=self.settings.drain_seconds)
 
     # -- publishing -----------------------------------------------------------
@@ -405,6 +413,19 @@ class CometApp:
         self._operator(environ)
         body, content_type = metrics.exposition(self.stats, environ.get("HTTP_ACCEPT"))
         return self._body(respond, content_type, body)
+
+    def dashboard(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
+        self._operator(environ)
+        return self._body(respond, "text/html; charset=utf-8", dashboard.page())
+
+    def dashboard_events(self, environ: dict, respond: StartResponse,
+                         _: None) -> Iterable[bytes]:
+        """The dashboard's EventSource: a ``/stats`` snapshot an event (comet.dashboard)."""
+        self._operator(environ)
+        stream = self.dashboards.open(environ.get("QUERY_STRING", ""))
+        respond("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
+                           ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")])
+        return stream
 
     def memory_json(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
         self._publisher(environ)  # loopback or a key, as for publishing: it is costly

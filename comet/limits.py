@@ -43,6 +43,8 @@ HEAD_TOO_SLOW = "request head too slow"
 FRAME_TOO_BIG = "websocket frame too big"
 #: /metrics or /stats asked from an address --metrics-from does not list
 METRICS_FROM = "metrics from elsewhere"
+#: a dashboard stream asked for while a process holds as many as it may (comet.dashboard)
+DASHBOARD_STREAMS = "dashboard streams"
 
 
 class Refused(Exception):

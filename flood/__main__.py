@@ -23,7 +23,7 @@ from comet.hostlimits import (
     processes_needed,
     raise_open_files_limit,
 )
-from flood import report, stats
+from flood import progress, report, stats
 from flood import transport as transports
 from flood.procs import Children
 from flood.sources import parse_sources, port_warning
@@ -63,14 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="connect + request + response head, seconds (default %(default)s)")
     p.add_argument("--closed-lines", type=int, default=20, metavar="N",
                    help="at most N 'Closed:' lines a second per process (default %(default)s)")
+    p.add_argument("--progress-every", type=float, default=progress.EVERY, metavar="S",
+                   help="while ramping, a progress line (held / target, rate, ETA) every S "
+                        "seconds when stdout is not a terminal; on a terminal it is redrawn "
+                        "in place (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
 
 
 def _checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     """Validate what argparse cannot; returns the source addresses."""
-    for name in ("wait", "report", "concurrency", "timeout"):
+    for name in ("wait", "report", "concurrency", "timeout", "progress_every"):
         if getattr(args, name) < 0 or (name != "wait" and getattr(args, name) == 0):
-            parser.error(f"--{name} must be positive")
+            parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.duration is not None and args.duration <= 0:
         parser.error("--duration must be positive")
     if args.procs is not None and args.procs < 1:
@@ -82,23 +87,54 @@ def _checked(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[
     return []
 
 
-def _run_here(plan: Plan, urls: list[str], reporter: report.Reporter, every: float) -> dict:
-    flood = Flood(plan, urls, print_line)
+class Ramp:
+    """The ramp's progress line: shown until every URL was tried, then its last line."""
+
+    def __init__(self, line: progress.ProgressLine, target: int, began: float) -> None:
+        self.line = line
+        self.target = target
+        self.began = began  #: when the schedule began (time.time())
+
+    def update(self, total: dict) -> None:
+        if self.line.quiet:
+            return
+        elapsed = time.time() - self.began
+        if total["attempted"] >= self.target and total["pending"] == 0:
+            self.line.finish(progress.done_line(total, self.target, elapsed))
+        else:
+            self.line.show(progress.ramp_line(total, self.target, elapsed))
+
+
+def _run_here(plan: Plan, urls: list[str], reporter: report.Reporter, every: float,
+              ramp: Ramp) -> dict:
+    flood = Flood(plan, urls, ramp.line.above)
     gevent.signal_handler(signal.SIGINT, flood.stop)
     gevent.signal_handler(signal.SIGTERM, flood.stop)
-    final = flood.run(on_tick=lambda: reporter.tick(stats.sum_snapshots([flood.snapshot()])),
-                      tick=every)
+    next_report = time.time() + every
+
+    def tick() -> None:
+        nonlocal next_report
+        ramp.update(flood.counters.snapshot_counts())
+        if time.time() >= next_report:
+            next_report += every
+            reporter.tick(stats.sum_snapshots([flood.snapshot()]))
+
+    final = flood.run(on_tick=tick, tick=min(every, progress.REDRAW))
     return stats.sum_snapshots([final])
 
 
-def _run_children(plan: Plan, procs: int, reporter: report.Reporter, every: float) -> dict:
-    children = Children(plan, procs, print_line)
+def _run_children(plan: Plan, procs: int, reporter: report.Reporter, every: float,
+                  ramp: Ramp) -> dict:
+    children = Children(plan, procs, ramp.line.above)
     gevent.signal_handler(signal.SIGINT, children.stop)
     gevent.signal_handler(signal.SIGTERM, children.stop)
     children.start()
     next_tick = time.time() + CHILD_START + every
     while children.running():
         gevent.sleep(0.05)
+        snapshots = children.snapshots()
+        if len(snapshots) == procs:
+            ramp.update(progress.light_sum(snapshots))
         if time.time() >= next_tick:
             next_tick += every
             reporter.tick(stats.sum_snapshots(children.snapshots()))
@@ -115,11 +151,6 @@ def per_destination(urls: list[str]) -> dict[str, int]:
         key = f"{target.host}:{target.port}"
         counts[key] = counts.get(key, 0) + 1
     return counts
-
-
-def print_line(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,11 +175,14 @@ def main(argv: list[str] | None = None) -> int:
                 sources=sources, concurrency=args.concurrency, timeout=args.timeout,
                 transport=args.transport, emit_every=min(args.report, 1.0),
                 closed_lines=args.closed_lines)
-    reporter = report.Reporter(print_line)
+    line = progress.ProgressLine(sys.stdout, sys.stdout.isatty(), args.progress_every,
+                                 quiet=args.quiet)
+    reporter = report.Reporter(line.above)
     tmp = None
     try:
         if procs == 1:
-            total = _run_here(plan, urls.urls, reporter, args.report)
+            ramp = Ramp(line, len(urls.urls), time.time())
+            total = _run_here(plan, urls.urls, reporter, args.report, ramp)
         else:
             if args.urlfile == "-":
                 fd, tmp = tempfile.mkstemp(prefix="flood-urls-", suffix=".txt")
@@ -156,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                     fh.write("\n".join(urls.urls) + "\n")
                 plan.url_file = tmp
             plan.start_at = time.time() + CHILD_START
-            total = _run_children(plan, procs, reporter, args.report)
+            ramp = Ramp(line, len(urls.urls), plan.start_at)
+            total = _run_children(plan, procs, reporter, args.report, ramp)
     finally:
         if tmp:
             os.unlink(tmp)

@@ -39,6 +39,7 @@ from flood import (
     memory,
     netns,
     precheck,
+    progress,
     publishing,
     publishkey,
     redisproc,
@@ -72,9 +73,7 @@ def connects_at_once(processes: int) -> int:
 
 def ramp_eta(total: dict, connections: int, elapsed: float) -> float | None:
     """Seconds until every connection was tried, at the pace of the ramp so far."""
-    if elapsed <= 0 or total["attempted"] <= 0:
-        return None
-    return (connections - total["attempted"]) / (total["attempted"] / elapsed)
+    return progress.eta(total["attempted"], connections, elapsed)
 
 
 class Bench:
@@ -83,7 +82,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.server = ServerUnderTest(args)
-        self.timeline = Timeline(self.server, args.connections)
+        self.timeline = Timeline(self.server, args.connections, quiet=args.quiet)
         self.result: dict = {}
         self.client_procs = 0
         #: the redis-server this run started (``--redis-server``), stopped with the server
@@ -289,7 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run in a network namespace of its own whose TCP established hash has "
                         "a bucket per socket (root, Linux 6.1+, util-linux unshare; the host's "
                         "is sized at boot: 262,144 buckets for 24 GiB): flood/netns.py")
-    p.add_argument("--json", help="write every figure and the time series here")
+    p.add_argument("--json", help="write every figure and the time series here, and a "
+                                  "one-page summary beside it (the same name, .md)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress line while ramping and holding (stderr: redrawn in "
+                        "place on a terminal, else a line every few seconds)")
     p.add_argument("--plot", default="bench-out/bench.png", help="PNG path (default %(default)s)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     return p
@@ -448,6 +451,10 @@ def bench(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, result)
         print(f"json: {args.json}")
+        page = os.path.splitext(args.json)[0] + ".md"
+        with open(page, "w", encoding="utf-8") as fh:
+            fh.write(benchtable.summary_page(result, args.json))
+        print(f"summary: {page}")
     return 0 if held else 1
 
 

@@ -1,11 +1,15 @@
 """What ``python -m flood.bench`` prints: the progress line, one run's figures as rows,
-several runs (``--modes``) side by side.
+several runs (``--modes``) side by side, and the one-page summary beside the JSON.
 
 Pure formatting, no I/O: of the samples :class:`flood.measure.Timeline` takes and of the
 JSON document :class:`flood.bench.Bench` builds. The JSON keeps every figure unrounded.
 """
 
 from __future__ import annotations
+
+import os
+
+from flood.progress import duration
 
 MB = 1e6
 
@@ -17,16 +21,11 @@ def progress(phase: str, total: dict, connections: int, rate: float, row: dict,
              eta: float | None = None) -> str:
     """The live line while ramping and holding: the flood's ``total``, the latest ``row``,
     and while ramping the time left at the pace so far."""
-    left = f", ETA {_duration(eta)}" if eta is not None else ""
+    left = f", ETA {duration(eta)}" if eta is not None else ""
     return (f"{phase}: {total['active']}/{connections} active, "
             f"{total['closed']} closed, {rate:.0f} conn/s{left}, server RSS "
             f"{row['server_rss_bytes'] / MB:.1f} MB, "
             f"CPU {row['server_cpu_percent']:.0f}%")
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(max(0, round(seconds)), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def publishing_line(p: dict) -> str:
@@ -127,6 +126,50 @@ def side_by_side(runs: dict[str, dict]) -> list[str]:
         lines.append(f"{key:<{width}}  " + " | ".join(col.get(key, "-")
                                                       for col in columns.values()))
     return lines
+
+
+def summary_page(doc: dict, json_path: str) -> str:
+    """The one-page Markdown summary written beside the JSON (``run.json``: ``run.md``):
+    what was measured, the command, the figures of :func:`rows`, the PNG.
+
+    For a person reading a results folder later; the JSON keeps every figure.
+    """
+    runs = doc["modes"] if "modes" in doc else {"": doc}
+    first = next(iter(runs.values()))
+    held = " / ".join(f"{r['held']:,}" for r in runs.values())
+    lines = [f"# comet bench: {held} connections held, {doc['date']}", "",
+             "## What it measured", "",
+             f"{first['connections_requested']:,} {first.get('transport', 'stream')} "
+             f"connections opened at {first['rate_requested']:g}/s against "
+             f"{first.get('target', 'the server')} (server arguments: "
+             f"{first.get('server_args') or 'the defaults'}), held, and the memory of the "
+             "server, the kernel and the flood read before and after (docs/design.rst, "
+             "\"How memory per connection is measured\"); "
+             + ("then unread data sent to fill the socket buffers." if first.get("unread")
+                else "then broadcasts timed until every held stream had them.")
+             + (" Once per --hibernate mode, side by side." if "modes" in doc else ""), "",
+             "## The command", "", "```", "python -m " + " ".join(doc["command"]), "```", "",
+             "## The figures", ""]
+    columns = {name: dict(rows(r)) for name, r in runs.items()}
+    keys = list(dict.fromkeys(k for col in columns.values() for k in col))
+    names = [f"--hibernate {n}" if n else "value" for n in columns]
+    lines += ["| figure | " + " | ".join(names) + " |",
+              "|---|" + "---|" * len(names)]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(_cell(col.get(key, "-"))
+                                               for col in columns.values()) + " |")
+    here = os.path.dirname(os.path.abspath(json_path))
+    lines += ["", "Every figure, unrounded, and the time series: "
+              f"`{os.path.basename(json_path)}`."]
+    for name, r in runs.items():
+        if r.get("plot"):
+            plot = os.path.relpath(os.path.abspath(r["plot"]), here)
+            lines += ["", f"![{f'--hibernate {name}' if name else 'the run'}]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def fanout_text(fan: dict) -> str:

@@ -31,6 +31,7 @@ import requests
 
 from flood import benchtable, latency, memory, redisproc, stats
 from flood.procs import Children
+from flood.progress import ProgressLine
 from flood.target import ServerUnderTest
 
 #: Seconds between samples while ramping and holding (also the flood's snapshot rate).
@@ -47,12 +48,13 @@ PSS_SHARE = 20
 class Timeline:
     """The rows sampled so far, timed from the start of the run."""
 
-    def __init__(self, server: ServerUnderTest, connections: int) -> None:
+    def __init__(self, server: ServerUnderTest, connections: int, quiet: bool = False) -> None:
         self.server = server
         self.connections = connections
         self.series: list[dict] = []
         self.t0 = time.time()
-        self.progress = sys.stderr.isatty()
+        #: the live line on stderr: in place on a terminal, else every few seconds
+        self.line = ProgressLine(sys.stderr, sys.stderr.isatty(), quiet=quiet)
         self._cpu_procs: dict[int, psutil.Process] = {}
         #: (monotonic time, connections ever made) over the last RATE_WINDOW: the ramp rate
         self._connected: deque[tuple[float, int]] = deque()
@@ -64,9 +66,8 @@ class Timeline:
         return round(time.time() - self.t0, 3)
 
     def log(self, text: str) -> None:
-        """A line on stderr that first clears a progress line drawn in place."""
-        sys.stderr.write(("\r\x1b[K" if self.progress else "") + text + "\n")
-        sys.stderr.flush()
+        """A line on stderr, above a progress line drawn in place."""
+        self.line.above(text)
 
     def sample(self, children: Children) -> dict:
         """Append one row; the flood's summed snapshot, for the caller's own checks."""
@@ -141,13 +142,9 @@ class Timeline:
         return total
 
     def show(self, phase: str, total: dict, rate: float, eta: float | None = None) -> None:
-        """Redraw the progress line on a terminal; elsewhere print it once a second."""
-        text = benchtable.progress(phase, total, self.connections, rate, self.series[-1], eta)
-        if self.progress:
-            sys.stderr.write("\r\x1b[K" + text)
-            sys.stderr.flush()
-        elif int(self.series[-1]["t"] / SAMPLE) % int(1 / SAMPLE) == 0:
-            sys.stderr.write(text + "\n")
+        """The progress line: redrawn on a terminal, elsewhere a line every few seconds."""
+        self.line.show(benchtable.progress(phase, total, self.connections, rate,
+                                           self.series[-1], eta))
 
 
 def snapshot(server: ServerUnderTest, timeline: Timeline) -> dict:

@@ -72,6 +72,12 @@ class Counters:
         self.closed += 1
         self.reasons[reason_kind(reason)] += 1
 
+    def snapshot_counts(self) -> dict:
+        """The counts a progress line reads, without the RSS and latency of a snapshot."""
+        return {"active": self.active, "attempted": self.attempted, "pending": self.pending,
+                "connected": self.connected, "first_connect": self.first_connect,
+                "last_connect": self.last_connect}
+
     def snapshot(self) -> dict:
         return {
             "t": time.time(),

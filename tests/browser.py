@@ -10,6 +10,7 @@ deadline, never a timing assertion).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -75,6 +76,17 @@ class Page:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what} never held; last {expression}: {value}")
             time.sleep(0.05)
+
+    def viewport(self, width: int, height: int) -> None:
+        """Lay the page out at ``width`` x ``height`` CSS pixels (before navigating)."""
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                  deviceScaleFactor=1, mobile=False)
+
+    def screenshot(self, path: Path) -> bytes:
+        """A PNG of what the page shows now, also written to ``path``."""
+        png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        path.write_bytes(png)
+        return png
 
     def close(self) -> None:
         self.ws.close()

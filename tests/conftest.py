@@ -1,7 +1,10 @@
+import os
+import shutil
 from collections.abc import Iterator
 
 import pytest
 
+from tests.browser import Chromium, Page
 from tests.realserver import RealServer
 from tests.redisservers import RedisCluster, RedisServer, redis_binary_or_skip
 
@@ -55,3 +58,18 @@ def redis_cluster(redis_cluster_session: RedisCluster) -> RedisCluster:
     after, so whatever the last test left (a failure midway included) is undone."""
     redis_cluster_session.reset()
     return redis_cluster_session
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    """A tab of a fresh headless Chromium; the browser and its children die after the test."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not on PATH but CI=true: .ci/run must install it")
+        pytest.skip("chromium is not on PATH (Debian: apt-get install chromium)")
+    browser = Chromium(executable).start()
+    try:
+        yield browser.page()
+    finally:
+        browser.stop()

@@ -1,11 +1,11 @@
 """The page at ``GET /`` in a real headless Chromium: EventSource, WebSocket, resume, restart.
 
 Each test starts a real server process (:mod:`tests.realserver`), a Chromium of
-its own (:mod:`tests.browser`) and opens ``/?id=<user>``, which subscribes at
-once and keeps what it got in ``window.comet``. The test posts messages to the
-server over HTTP and reads ``window.comet`` back through the DevTools protocol
-until the expected state holds or a deadline passes (waits, never timing
-assertions).
+its own (:mod:`tests.browser`, through tests/conftest.py's ``page`` fixture) and
+opens ``/?id=<user>``, which subscribes at once and keeps what it got in
+``window.comet``. The test posts messages to the server over HTTP and reads
+``window.comet`` back through the DevTools protocol until the expected state
+holds or a deadline passes (waits, never timing assertions).
 
 To drop streams and restart the server under the browser's feet, the page is
 loaded through a :class:`tests.forwarder.Forwarder`: cutting it drops every
@@ -19,15 +19,13 @@ Chromium is Debian's ``chromium``; without it these tests skip, except under
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests import tokenkeys
-from tests.browser import Chromium, Page
+from tests.browser import Page
 from tests.forwarder import Forwarder
 from tests.realserver import RealServer, post
 
@@ -35,21 +33,6 @@ from tests.realserver import RealServer, post
 SSE_RETRY = ("--sse-retry", "300")
 
 COMET = "window.comet"
-
-
-@pytest.fixture
-def page() -> Iterator[Page]:
-    """A tab of a fresh headless Chromium; the browser and its children die after the test."""
-    executable = shutil.which("chromium")
-    if executable is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is not on PATH but CI=true: .ci/run must install it")
-        pytest.skip("chromium is not on PATH (Debian: apt-get install chromium)")
-    browser = Chromium(executable).start()
-    try:
-        yield browser.page()
-    finally:
-        browser.stop()
 
 
 @pytest.fixture

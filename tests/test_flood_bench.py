@@ -55,6 +55,10 @@ def bench(tmp_path, *extra: str) -> dict:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "server RSS" in result.stdout and "broadcast fan-out" in result.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (tmp_path / "bench.md").read_text()
+    assert f"summary: {tmp_path / 'bench.md'}" in result.stdout
+    assert "## What it measured" in page and "python -m flood.bench --connections" in page
+    assert "| server RSS |" in page and "![the run](bench.png)" in page
     return json.loads(out.read_text())
 
 
@@ -141,6 +145,8 @@ def test_bench_modes_run_both_and_print_them_side_by_side(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "--hibernate on | --hibernate off" in result.stdout
     doc = json.loads(out.read_text())
+    page = (tmp_path / "modes.md").read_text()
+    assert "| figure | --hibernate on | --hibernate off |" in page and "| held | 50 | 50 |" in page
     for mode in ("on", "off"):
         run = doc["modes"][mode]
         assert run["held"] == 50 and run["server_command"][-2:] == ["--hibernate", mode]
