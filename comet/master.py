@@ -373,7 +373,8 @@ class Master:
         self._step_roll()
 
     def _step_roll(self) -> None:
-        """One index at a time: its new worker ready, then its old one told to stop."""
+        """One index at a time: its new worker ready, then its old one told to stop and
+        waited for (it drains over --drain-seconds), then the next index."""
         if self.stopping:
             return
         new = self.incoming
@@ -387,7 +388,9 @@ class Master:
                 self._tell_to_stop(old)
             if not self.roll:
                 log.info("rolling restart done")
-        while self.incoming is None and self.roll:
+        # The next index only once the one replaced has drained and gone: one worker's
+        # clients come back to the others at a time, never two workers' at once.
+        while self.incoming is None and self.roll and not self.leaving:
             index = self.roll.pop(0)
             if index in self.workers:  # not one waiting for its restart: that one will be new
                 self.incoming = self._fork(index, " (rolling restart)")
