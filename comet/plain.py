@@ -174,7 +174,11 @@ def websocket_life(conn: PlainConnection, begin: Callable[[Life], bytes], ws) ->
         conn.end(ends.CLIENT_GONE)
     finally:
         ws.closed = True  # gevent-websocket must not send its own (malformed) close frame
-        reading.kill(block=False)
+        # Waited for, not only told: the reader waits on its own watcher of the socket's
+        # descriptor, which the socket's close does not know of. Closed under a watcher
+        # still started, the descriptor makes libev abort the whole process (EBADF in
+        # epoll_ctl; found by the churn soak), or watches whatever takes its number next.
+        reading.kill()
         life.close()
 
 
