@@ -13,6 +13,7 @@ import pytest
 
 from flood import fuzz, mutate
 from flood.head import HeadError
+from tests.workerservers import WorkersServer
 
 #: RSS growth allowed over a run, measured after a warm-up of 60 inputs. Up to 100
 #: connections are in flight at once (~20 KB each while a request is parsed: greenlet,
@@ -63,3 +64,23 @@ def test_fuzzing_the_real_server_finds_nothing_and_loses_nothing(start_server):
     assert report.left_connections == 0 and report.left_ids == 0
     assert report.rss_after - report.rss_before <= RSS_MARGIN
     assert server.proc.poll() is None
+
+
+def test_fuzzing_two_workers_over_redis_finds_nothing_and_loses_nothing(redis_server):
+    """The same against a master and two workers sharing one Redis: the honest
+    subscribers and the fuzzer's connections land on either worker, the publisher's
+    messages cross between them through Redis."""
+    server = WorkersServer("--redis", redis_server.url, *FAST_FLAGS).start()
+    try:
+        report = fuzz.run(server.url, 600, seed=3, concurrency=100,
+                          log_lines=lambda: list(server.lines))
+        print("\n".join(report.lines()))
+        assert sum(report.tally.tried.values()) == 600
+        assert not report.tally.server_errors and not report.tally.malformed
+        assert not report.log_findings
+        assert report.honest_messages > 0 and report.honest_lost == 0
+        assert not report.honest_dropped
+        assert report.left_connections == 0 and report.left_ids == 0
+        assert server.proc.poll() is None and len(server.workers()) == 2
+    finally:
+        server.stop()
