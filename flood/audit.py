@@ -165,14 +165,10 @@ class Subscriber:
             resume = f"Last-Event-ID: {self.last_id}\r\n" if self.last_id else ""
             sock.sendall(heads.request(audit.host, audit.port, f"/events/{self.id}",
                                        (resume + audit.auth).encode("latin-1")))
-            buf = b""
-            while (parts := heads.split_head(buf)) is None:
-                data = sock.recv(65536)
-                if not data:
-                    return "closed before the head"
-                buf += data
-            head_bytes, rest = parts
-            head = heads.parse_head(head_bytes)
+            answer = heads.read_head(sock.recv)
+            if answer is None:
+                return "closed before the head"
+            head, rest = answer
             if head.status != 200:
                 after = head.headers.get(b"retry-after", b"")
                 if after.isdigit():

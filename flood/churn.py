@@ -171,17 +171,14 @@ def connection(host: str, port: int, plan: Plan, rng: random.Random, tally: Tall
 
 def _head(sock: socket.socket, tally: Tally) -> int | None:
     """The response's status (its body's first bytes are counted and dropped)."""
-    buf = b""
-    while (parts := head.split_head(buf)) is None:
-        data = sock.recv(65536)
-        if not data:
-            tally.errors["closed before its head"] += 1
-            return None
-        buf += data
-    status = head.parse_head(parts[0]).status
-    tally.statuses[status] += 1
-    tally.bytes_in += len(parts[1])
-    return status
+    got = head.read_head(sock.recv)
+    if got is None:
+        tally.errors["closed before its head"] += 1
+        return None
+    answer, rest = got
+    tally.statuses[answer.status] += 1
+    tally.bytes_in += len(rest)
+    return answer.status
 
 
 def _hold(sock: socket.socket, seconds: float, tally: Tally) -> bool:

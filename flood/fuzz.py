@@ -35,7 +35,7 @@ import gevent.pool
 import gevent.socket
 
 from flood import mutate
-from flood.head import HeadError, parse_head, split_head
+from flood.head import HeadError, parse_head, read_head, split_head
 from flood.publisher import Publisher
 from flood.sse import SseDecoder
 
@@ -202,15 +202,12 @@ class Honest:
         sock = gevent.socket.create_connection((self.host, self.port), timeout=None)
         try:
             sock.sendall(f"GET /events/{id} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-            buf = b""
-            while (parts := split_head(buf)) is None:
-                data = sock.recv(65536)
-                if not data:
-                    raise ConnectionError("closed before its head")
-                buf += data
-            if parse_head(parts[0]).status != 200:
-                raise ConnectionError(f"answered {parts[0][:40]!r}")
-            decoder, data = SseDecoder(), parts[1]
+            got = read_head(sock.recv)
+            if got is None:
+                raise ConnectionError("closed before its head")
+            if got[0].status != 200:
+                raise ConnectionError(f"answered {got[0].status}")
+            decoder, data = SseDecoder(), got[1]
             self._ready[id] = 1
             while True:
                 self.got[id].update(decoder.feed(data))

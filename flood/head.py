@@ -45,6 +45,19 @@ def split_head(buf: bytes) -> tuple[bytes, bytes] | None:
     return buf[:end], buf[end + 4:]
 
 
+def read_head(recv) -> tuple[Head, bytes] | None:
+    """Receive (``recv(n)``: a socket's) until a response head is whole: the parsed head
+    and the bytes after it, or None when the peer closed first. Raises
+    :class:`HeadError` on a malformed or endless head."""
+    buf = b""
+    while (parts := split_head(buf)) is None:
+        data = recv(65536)
+        if not data:
+            return None
+        buf += data
+    return parse_head(parts[0]), parts[1]
+
+
 def parse_head(head: bytes) -> Head:
     """Status and headers; raises :class:`HeadError` with a reason on malformed input."""
     lines = head.split(b"\r\n")

@@ -46,13 +46,10 @@ def run(port: int, transport: str, id: str, out, rcvbuf: int | None) -> str:
     extra = ws.request_fields() if transport == "ws" else b""
     request = head.request("127.0.0.1", port, PATHS[transport] + id, extra)
     sock.sendall(request)
-    buf = b""
-    while (parts := head.split_head(buf)) is None:
-        data = sock.recv(65536)
-        if not data:
-            return "closed before its head"
-        buf += data
-    answer = head.parse_head(parts[0])
+    got = head.read_head(sock.recv)
+    if got is None:
+        return "closed before its head"
+    answer, data = got
     if transport == "ws":
         ws.check_upgrade(answer, request)
         decoder = ws.WsDecoder()
@@ -61,7 +58,6 @@ def run(port: int, transport: str, id: str, out, rcvbuf: int | None) -> str:
         decoder = SseDecoder() if transport == "events" else ChunkedDecoder()
     out.write("ready\n")
     out.flush()
-    data = parts[1]
     while True:
         try:
             decoded = decoder.feed(data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from flood import head
@@ -119,3 +121,16 @@ def test_request_names_host_and_port():
     req = head.request("127.0.0.1", 8001, "/test/1?id=a")
     assert req.startswith(b"GET /test/1?id=a HTTP/1.1\r\nHost: 127.0.0.1:8001\r\n")
     assert req.endswith(b"\r\n\r\n")
+
+
+def test_a_head_read_off_a_socket_in_pieces_comes_with_what_followed_it():
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        for piece in (b"HTTP/1.1 200 OK\r\nTransfer-", b"Encoding: chunked\r\n\r", b"\n5\r\nhello"):
+            theirs.sendall(piece)
+        answer, rest = head.read_head(ours.recv)
+        assert answer.status == 200 and answer.headers[b"transfer-encoding"] == b"chunked"
+        assert rest.startswith(b"5\r\n")
+        theirs.sendall(b"HTTP/1.1 200 OK\r\n")
+        theirs.shutdown(socket.SHUT_WR)
+        assert head.read_head(ours.recv) is None  # closed before the blank line
