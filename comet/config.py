@@ -175,6 +175,8 @@ SETTINGS: tuple[Setting, ...] = (
             "publishes to each, so this bounds what one POST /notify costs"),
     Setting("max_follow_ids", positive_int, 100,
             "?to= ids in one POST or DELETE /subscribe at most; more: 400"),
+    Setting("subscriptions_page", positive_int, 100,
+            "ids one page of GET /subscriptions/<id> lists at most"),
     Setting("publish_keys", key_list, None,
             "publisher keys, comma-separated: with any key configured every publisher "
             "(loopback too) needs one, as Authorization: Bearer or X-API-Key; "

@@ -62,8 +62,6 @@ DRAIN_TICK = 0.05
 #: connections a second a shutdown ends at least: it is spread over --drain-seconds only
 #: where that is slower (a few thousand streams), and a small server stops at once
 DRAIN_FLOOR = 1000
-#: ids a page of ``GET /subscriptions/<id>`` lists at most
-SUBSCRIPTIONS_PAGE = 100
 #: subscribers a notify publishes to in one broker call (one Redis script call each)
 NOTIFY_BATCH = 1000
 
@@ -395,7 +393,7 @@ class Hub:
 
     def following(self, subscriber: str, after: str | None) -> Page:
         """One page of whom ``subscriber`` follows, after the cursor ``after``."""
-        return self.broker.graph.following(subscriber, after, SUBSCRIPTIONS_PAGE)
+        return self.broker.graph.following(subscriber, after, self.settings.subscriptions_page)
 
     def notify(self, id: str, data: bytes) -> tuple[int, int | None]:
         """``data`` to every connection of every subscriber of ``id``: how many
