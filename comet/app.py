@@ -3,23 +3,23 @@
 Plain WSGI, no framework, so it runs under ``python -m comet.server`` and under
 gunicorn alike. Routes (docs/usage.rst, "HTTP interface"):
 
-======================  =======================================================
-``GET /test/<id>``      the seed's chunked stream: welcome, ticks, messages
-``GET /events/<id>``    Server-Sent Events, resumable with ``Last-Event-ID``
-``GET /poll/<id>``      long-poll: JSON messages after ``?since=``
-``GET /ws/<id>``        WebSocket: messages as text frames
-``POST /send/<id>``     deliver the body to every connection logged in as ``<id>``
-``POST /send``          a batch: one ``{"id", "message"}`` JSON object a line
-``POST /broadcast``     deliver the body to every connection
-``POST /subscribe/<s>`` ``<s>`` follows each ``?to=`` id (``DELETE``: no more)
-``GET /subscriptions/`` ``<id>``: whom it follows, a page after ``?after=``
-``POST /notify/<id>``   deliver the body to every subscriber of ``<id>``
-``GET /stats``          counters and memory as JSON (``--metrics-from`` only)
-``GET /metrics``        the same figures in Prometheus's format (``--metrics-from`` only)
-``GET /dashboard``      a live page of those figures, fed by ``/dashboard/events`` (idem)
-``GET /health``         200 while serving and the broker is reachable, else 503
-``GET /``               a page that subscribes with EventSource and sends
-======================  =======================================================
+==================================  =======================================================
+``GET /test/<id>``                  the seed's chunked stream: welcome, ticks, messages
+``GET /events/<id>``                Server-Sent Events, resumable with ``Last-Event-ID``
+``GET /poll/<id>``                  long-poll: JSON messages after ``?since=``
+``GET /ws/<id>``                    WebSocket: messages as text frames
+``POST /send/<id>``                 deliver the body to every connection logged in as ``<id>``
+``POST /send``                      a batch: one ``{"id", "message"}`` JSON object a line
+``POST /broadcast``                 deliver the body to every connection
+``POST /subscribe/<subscriber>``    it follows each ``?to=`` id (``DELETE``: no more)
+``GET /subscriptions/<id>``         whom ``<id>`` follows: a page after ``?after=``
+``POST /notify/<id>``               deliver the body to every subscriber of ``<id>``
+``GET /stats``                      counters and memory as JSON (``--metrics-from`` only)
+``GET /metrics``                    the same figures for Prometheus (``--metrics-from`` only)
+``GET /dashboard``                  a live page of them, fed by ``/dashboard/events`` (idem)
+``GET /health``                     200 while serving and the broker is reachable, else 503
+``GET /``                           a page that subscribes with EventSource and sends
+==================================  =======================================================
 
 Shared state (router, broker, counters, admission) is the hub's
 (:mod:`comet.hub`); a subscriber's body and how it lives are
