@@ -1,8 +1,9 @@
 """``GET /metrics``: the figures of ``/stats`` in Prometheus's text format.
 
 Nothing is counted here. A scrape asks for the same snapshot ``/stats``
-answers with (one process's hub, or with ``--workers`` the whole server's
-sums, gathered by :class:`comet.worker.Siblings` from every worker), and
+answers with (one process's hub, or with ``--workers`` or under gunicorn
+with comet's worker the whole server's sums, gathered by
+:class:`comet.siblings.Siblings` from every worker), and
 :class:`SnapshotCollector` turns it into prometheus_client metric families,
 which prometheus_client writes out (the text format, or OpenMetrics when the
 scraper asks for it). So the hot path pays for no metric of its own, and
