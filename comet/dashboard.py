@@ -34,6 +34,7 @@ from urllib.parse import parse_qs
 import gevent.event
 import gevent.lock
 
+from comet import wire
 from comet.inputs import BadRequest
 from comet.limits import DASHBOARD_STREAMS
 
@@ -52,7 +53,7 @@ RECONNECT_MS = 3000
 RETRY_AFTER = 5
 
 #: the last event of a stream at shutdown
-SHUTDOWN_EVENT = b"event: shutdown\ndata: server shutting down\n\n"
+SHUTDOWN_EVENT = wire.sse_event(b"server shutting down", event="shutdown")
 
 
 def page() -> bytes:
@@ -78,7 +79,7 @@ def every_of(query_string: str) -> float:
 
 def event(snapshot: dict) -> bytes:
     """One SSE event of a snapshot (json.dumps writes no newline: one data line)."""
-    return b"data: " + json.dumps(snapshot, separators=(",", ":")).encode() + b"\n\n"
+    return wire.sse_event(json.dumps(snapshot, separators=(",", ":")).encode())
 
 
 class Dashboards:
@@ -147,7 +148,7 @@ class DashboardStream:
     def __iter__(self) -> Iterator[bytes]:
         dashboards = self.dashboards
         stopping = dashboards.stopping
-        yield b"retry: %d\n\n" % RECONNECT_MS
+        yield wire.sse_retry(RECONNECT_MS)
         while not stopping.is_set():
             yield dashboards.fresh()
             stopping.wait(self.every)

@@ -26,6 +26,12 @@ Three things hold whatever the transport and the life:
 * a connection the hub gives up on (``drop``) is logged out first and counted
   once, by the :class:`~comet.ends.End` it ended with.
 
+What a fan-out counts: its deliveries, by transport (the router's
+:class:`~comet.router.Fanout`, no work per connection), a broadcast's time,
+and now and then (:mod:`comet.latency`'s sampler: one attribute read a
+fan-out while no sample is due) how long after its publish the message's
+last write went to the kernel.
+
 Nothing here knows HTTP, sockets or a transport's framing beyond asking a
 :class:`~comet.framing.Framing` for bytes.
 """
@@ -49,6 +55,7 @@ from comet.burstlog import BurstLog
 from comet.config import Settings
 from comet.ends import End
 from comet.expiry import Expiries
+from comet.latency import Sampler, age
 from comet.limits import RETRY_AFTER, Limits, Refused
 from comet.release import MemoryReleaser
 from comet.router import Router
@@ -105,10 +112,12 @@ class _Opening:
     meanwhile is kept as the end the connection gets.
     """
 
-    __slots__ = ("ids", "held", "limit", "overflowed", "ended")
+    __slots__ = ("ids", "transport", "held", "limit", "overflowed", "ended")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, transport: str) -> None:
         self.ids: tuple[str, ...] = ()
+        #: the connection's: what it is given meanwhile counts as delivered on it
+        self.transport = transport
         self.held: list = []
         self.limit = limit
         self.overflowed = False
@@ -186,6 +195,12 @@ class Hub:
         self.accepting = True
         #: fingerprints of the publisher keys in use (the app sets it), for /stats
         self.publish_keys: Callable[[], list[str]] = list
+        #: whether a fan-out is due to be timed (publish-to-socket latency)
+        self.latency_due = Sampler()
+        #: with the in-process broker, which delivers within the publish: when the
+        #: publish under way began (epoch seconds), read only while a sample is due
+        self._publish_began: float | None = None
+        self._times_publishes = not self.broker.spans_processes
 
     # -- admission ------------------------------------------------------------------
 
@@ -266,7 +281,7 @@ class Hub:
         # Per stream positions (a cluster): every login learns where it begins, by a
         # round trip during which messages arrive, so every login waits as a resume does.
         waits = resume or vector
-        stand_in = _Opening(self.settings.queue_limit) if waits else conn
+        stand_in = _Opening(self.settings.queue_limit, conn.transport) if waits else conn
         new = [id for id in ids if self.router.login(id, stand_in)]
         try:
             self.broker.subscribe(ids, new)
@@ -357,21 +372,92 @@ class Hub:
 
         Raises :class:`~comet.broker.BrokerUnavailable` when it went nowhere.
         """
-        result = self.broker.publish(id, data)
+        self._began()
+        try:
+            result = self.broker.publish(id, data)
+        finally:
+            self._publish_began = None
         self.counters.published["send"] += 1
         return result
 
     def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[tuple[Message, int | None]]:
         """:meth:`publish` for each ``(id, data)`` of a batch, in one round trip where it can."""
-        results = self.broker.publish_many(items)
+        self._began()
+        try:
+            results = self.broker.publish_many(items)
+        finally:
+            self._publish_began = None
         self.counters.published["batch"] += len(results)
         return results
 
     def broadcast(self, data: bytes) -> tuple[Message, int | None]:
         """To every connection, as :meth:`publish`."""
-        result = self.broker.broadcast(data)
+        self._began()
+        try:
+            result = self.broker.broadcast(data)
+        finally:
+            self._publish_began = None
         self.counters.published["broadcast"] += 1
         return result
+
+    def _began(self) -> None:
+        """A publish begins: where the broker delivers within it and a fan-out is due to
+        be timed, its time is the message's publish time (a batch's: its first's)."""
+        if self._times_publishes and self.latency_due.due:
+            self._publish_began = time.time()
+
+    def deliver(self, id: str | None, message: Message) -> int:
+        """The broker's call: ``message`` to this process's connections of ``id`` (None: all)."""
+        out = Outgoing(message)
+        counters = self.counters
+        if id is None:
+            # Timed once per broadcast (two clock reads), never per connection: what
+            # handing one message to everyone here costs (/metrics' fan-out histogram).
+            began = time.perf_counter()
+            fanout = self.router.broadcast(out)
+            counters.fanout.observe(time.perf_counter() - began)
+        else:
+            fanout = self.router.send(id, out)
+        delivered = fanout.delivered
+        counters.messages_out += delivered
+        # Per fan-out, not per connection: a few additions, one per transport reached.
+        deliveries = counters.deliveries
+        for transport, count in fanout.by_transport.items():
+            deliveries[transport] += count
+        if delivered and self.latency_due.due:
+            self._time_publish_to_socket(message)
+        for conn in fanout.refused:
+            self.drop(conn, ends.SLOW_CONSUMER, lost=1)
+        return delivered
+
+    def _time_publish_to_socket(self, message: Message) -> None:
+        """A sample is due and this fan-out wrote: from the message's publish (its id's
+        time over Redis, the publish's start in process) to now, the loop's end."""
+        published = self.broker.published_at(message)
+        if published is None:
+            published = self._publish_began
+            if published is None:
+                return  # published before the sample came due: the next one is timed
+        self.counters.publish_to_socket.observe(age(published, time.time()))
+        self.latency_due.taken()
+
+    def lose(self, ids: Sequence[str] | None) -> None:
+        """The broker's call: history cannot cover what ``ids``' connections here missed
+        (None: any connection's). They end, so that their clients resume and are told."""
+        if ids is None:
+            conns = self.router.all_connections()
+        else:
+            conns = list({conn for id in ids for conn in self.router.connections_of(id)})
+        for conn in conns:
+            self._end(conn, ends.HISTORY_LOST)
+        if conns:
+            log.warning("ended %d connections whose missed messages history no longer has",
+                        len(conns))
+
+    def position(self) -> str | None:
+        """The id a client that has seen everything so far would hold (long-poll's
+        ``last``); None where positions are per stream (each connection has its own)."""
+        return None if self.broker.vector else self.broker.position()
 
     # -- subscriptions between users ----------------------------------------------------
 
@@ -412,44 +498,14 @@ class Hub:
         delivered = 0
         for start in range(0, len(followers), NOTIFY_BATCH):
             batch = [(follower, data) for follower in followers[start:start + NOTIFY_BATCH]]
-            results = self.broker.publish_many(batch)
+            self._began()
+            try:
+                results = self.broker.publish_many(batch)
+            finally:
+                self._publish_began = None
             self.counters.published["notify"] += len(results)
             delivered += sum(count or 0 for _, count in results)
         return len(followers), None if self.broker.spans_processes else delivered
-
-    def deliver(self, id: str | None, message: Message) -> int:
-        """The broker's call: ``message`` to this process's connections of ``id`` (None: all)."""
-        out = Outgoing(message)
-        if id is None:
-            # Timed once per broadcast (two clock reads), never per connection: what
-            # handing one message to everyone here costs (/metrics' fan-out histogram).
-            began = time.perf_counter()
-            delivered, slow = self.router.broadcast(out)
-            self.counters.fanout.observe(time.perf_counter() - began)
-        else:
-            delivered, slow = self.router.send(id, out)
-        self.counters.messages_out += delivered
-        for conn in slow:
-            self.drop(conn, ends.SLOW_CONSUMER, lost=1)
-        return delivered
-
-    def lose(self, ids: Sequence[str] | None) -> None:
-        """The broker's call: history cannot cover what ``ids``' connections here missed
-        (None: any connection's). They end, so that their clients resume and are told."""
-        if ids is None:
-            conns = self.router.all_connections()
-        else:
-            conns = list({conn for id in ids for conn in self.router.connections_of(id)})
-        for conn in conns:
-            self._end(conn, ends.HISTORY_LOST)
-        if conns:
-            log.warning("ended %d connections whose missed messages history no longer has",
-                        len(conns))
-
-    def position(self) -> str | None:
-        """The id a client that has seen everything so far would hold (long-poll's
-        ``last``); None where positions are per stream (each connection has its own)."""
-        return None if self.broker.vector else self.broker.position()
 
     # -- the server's life ------------------------------------------------------------
 

@@ -40,10 +40,11 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from comet import config, server
+from comet.rundir import forget_worker
 from comet.worker import run as serve_as_worker
-from comet.worker import socket_name
 
 log = logging.getLogger("comet.master")
 
@@ -313,10 +314,7 @@ class Master:
         if worker.ready_fd is not None:
             os.close(worker.ready_fd)
             worker.ready_fd = None
-        try:
-            os.unlink(os.path.join(self.rundir, socket_name(worker.index, worker.pid)))
-        except FileNotFoundError:
-            pass
+        forget_worker(Path(self.rundir), worker.index, worker.pid)
         if self.leaving.pop(pid, None) is not None:
             log.info("%s stopped: %s", worker, death(status))
         elif worker is self.incoming:

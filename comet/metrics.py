@@ -1,8 +1,9 @@
 """``GET /metrics``: the figures of ``/stats`` in Prometheus's text format.
 
 Nothing is counted here. A scrape asks for the same snapshot ``/stats``
-answers with (one process's hub, or with ``--workers`` the whole server's
-sums, gathered by :class:`comet.worker.Siblings` from every worker), and
+answers with (one process's hub, or with ``--workers`` or under gunicorn
+with comet's worker the whole server's sums, gathered by
+:class:`comet.siblings.Siblings` from every worker), and
 :class:`SnapshotCollector` turns it into prometheus_client metric families,
 which prometheus_client writes out (the text format, or OpenMetrics when the
 scraper asks for it). So the hot path pays for no metric of its own, and
@@ -26,6 +27,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
+from comet.latency import SAMPLE_PERIOD
 from comet.stats import PUBLISH_PATHS, ROOM_REFUSALS, TRANSPORTS
 
 #: resume results, always shown (a series that appears only on its first event hides rates)
@@ -95,20 +97,30 @@ def _messages(s: dict) -> Iterator[Metric]:
               "per subscriber of POST /notify/<id>)", "path",
               {p: published.get(p, 0) for p in PUBLISH_PATHS})
     messages = s.get("messages", {})
-    yield _counter("comet_deliveries", "messages written or queued to connections (one "
-                   "message to three connections: three), all transports",
-                   messages.get("out", 0))
+    deliveries = s.get("deliveries", {})
+    yield _by("comet_deliveries", "messages written or queued to connections (one "
+              "message to three connections: three), by the connection's transport",
+              "transport", {t: deliveries.get(t, 0) for t in {*TRANSPORTS, *deliveries}})
     yield _counter("comet_messages_dropped", "messages lost with dropped connections",
                    messages.get("dropped", 0))
-    fanout = s.get("fanout_seconds")
-    if fanout:
-        buckets = sorted(fanout["buckets"].items(), key=lambda item: float(item[0]))
-        yield HistogramMetricFamily(
-            "comet_broadcast_fanout_seconds",
-            "time a process took to hand one broadcast to all its connections (with "
-            "workers: one observation per worker per broadcast)",
-            buckets=[(_le(bound), count) for bound, count in buckets],
-            sum_value=fanout["sum"])
+    yield from _histogram("comet_broadcast_fanout_seconds", "time a process took to hand "
+                          "one broadcast to all its connections (with workers: one "
+                          "observation per worker per broadcast)", s.get("fanout_seconds"))
+    yield from _histogram(
+        "comet_publish_to_socket_seconds", "sampled, at most one fan-out per process "
+        f"every {SAMPLE_PERIOD:g} s: seconds from a message's publish (over Redis: the "
+        "Redis clock in its id; in process: when the publish began) to the end of its "
+        "fan-out's loop, when the last write was handed to the kernel (--hibernate on; "
+        "off: queued to the last connection's greenlet)", s.get("publish_to_socket_seconds"))
+
+
+def _histogram(name: str, text: str, snapshot: dict | None) -> Iterator[Metric]:
+    """A histogram family of a :meth:`comet.stats.Histogram.snapshot` (none without one)."""
+    if snapshot:
+        buckets = sorted(snapshot["buckets"].items(), key=lambda item: float(item[0]))
+        yield HistogramMetricFamily(name, text,
+                                    buckets=[(_le(bound), count) for bound, count in buckets],
+                                    sum_value=snapshot["sum"])
 
 
 def _refusals(s: dict) -> Iterator[Metric]:
@@ -136,6 +148,12 @@ def _broker(s: dict) -> Iterator[Metric]:
     if "kind" in broker:
         yield _gauge("comet_broker_info", "the broker in use", {("kind",): {
             (broker["kind"],): 1}})
+    if broker.get("pubsub_lag_seconds") is not None:
+        yield _gauge("comet_broker_pubsub_lag_seconds", "sampled, at most one read per "
+                     f"process every {SAMPLE_PERIOD:g} s: how old a message read from Redis "
+                     "pub/sub was when it was read (its id's Redis clock to this host's), "
+                     "the latest sampled; with workers, the highest worker's",
+                     broker["pubsub_lag_seconds"])
     if "subscribed_ids" in broker:
         yield _gauge("comet_broker_subscribed_ids", "ids whose subscription the broker "
                      "confirmed", broker["subscribed_ids"])

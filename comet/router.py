@@ -12,6 +12,9 @@ A connection is any object with:
 
 ``ids``
     a tuple of the ids it is logged in as; the router owns this attribute.
+``transport``
+    a short label (the transport's name) the router counts its deliveries by;
+    read at login and logout, and for a connection that refuses a message.
 ``deliver(message) -> bool``
     accept a message without blocking. ``False`` means the connection cannot
     take it: its bounded queue is full (a slow consumer: :meth:`Router.send`
@@ -25,18 +28,38 @@ Memory: an id with one connection stores the connection itself, not a set
 (most ids have exactly one), and a connection keeps its ids in a tuple; a
 broadcast reaches each connection once through the first of its ids, so no
 separate registry of all connections is kept.
+
+Deliveries by transport cost nothing per delivery: the router keeps how many
+logged-in connections each transport has (one update a login and a logout),
+so a broadcast's deliveries by transport are those counts, taken before its
+loop, less the connections that refused the message; a send counts the few
+connections of its id. The loop itself does what it did before: one
+``deliver`` call and one addition per connection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
 
 
 class Connection(Protocol):
     ids: tuple[str, ...]
+    transport: str
 
     def deliver(self, message: Any) -> bool: ...
+
+
+class Fanout(NamedTuple):
+    """What one delivery to many connections came to."""
+
+    #: how many connections took the message
+    delivered: int
+    #: those still logged in that could not take it (too slow: the caller decides)
+    refused: list
+    #: ``delivered``, by the connections' transport (sums to ``delivered``)
+    by_transport: dict[str, int]
 
 
 class Router:
@@ -45,6 +68,8 @@ class Router:
     def __init__(self) -> None:
         #: id -> a connection, or a set of them when the id has several
         self._by_id: dict[str, Any] = {}
+        #: logged-in connections by transport (what a broadcast offers each one)
+        self._by_transport: Counter = Counter()
 
     # -- membership ---------------------------------------------------------
 
@@ -55,6 +80,8 @@ class Router:
         """
         if id in conn.ids:
             return False
+        if not conn.ids:
+            self._by_transport[conn.transport] += 1
         conn.ids = (*conn.ids, id)
         held = self._by_id.get(id)
         if held is None:
@@ -68,6 +95,8 @@ class Router:
 
     def logout(self, conn: Connection) -> list[str]:
         """Forget ``conn`` under every id; the ids left with no connection. Safe twice."""
+        if conn.ids:
+            self._by_transport[conn.transport] -= 1
         gone = []
         for id in conn.ids:
             held = self._by_id.get(id)
@@ -123,22 +152,37 @@ class Router:
 
     # -- delivery -----------------------------------------------------------
 
-    def send(self, id: str, message: Any) -> tuple[int, list[Connection]]:
-        """Deliver to every connection logged in as ``id``: (how many took it, who could not)."""
-        return deliver_all(self.connections_of(id), message)
+    def send(self, id: str, message: Any) -> Fanout:
+        """Deliver to every connection logged in as ``id``."""
+        conns = self.connections_of(id)
+        offered = ({conns[0].transport: 1} if len(conns) == 1
+                   else Counter(conn.transport for conn in conns))
+        return deliver_all(conns, message, offered)
 
-    def broadcast(self, message: Any) -> tuple[int, list[Connection]]:
+    def broadcast(self, message: Any) -> Fanout:
         """Deliver to every connection, as :meth:`send`."""
-        return deliver_all(self.all_connections(), message)
+        return deliver_all(self.all_connections(), message, dict(self._by_transport))
 
 
-def deliver_all(conns: Iterable[Connection], message: Any) -> tuple[int, list[Connection]]:
-    """Offer ``message`` to each; those still logged in that refused it are too slow."""
+def deliver_all(conns: Sequence[Connection], message: Any, offered: dict[str, int]) -> Fanout:
+    """Offer ``message`` to each of ``conns`` (``offered``: how many of each transport);
+    those still logged in that refused it are too slow.
+
+    A connection that takes the message costs one call and one addition;
+    only one that refuses it (too slow, or gone and logged out) is kept,
+    to take it off its transport's count after the loop. Nothing here
+    may yield: ``offered`` must stay the count of ``conns`` throughout.
+    """
     delivered = 0
-    refused: list[Connection] = []
+    failed: list[Connection] = []
     for conn in conns:
         if conn.deliver(message):
             delivered += 1
-        elif conn.ids:
-            refused.append(conn)
-    return delivered, refused
+        else:
+            failed.append(conn)
+    if not failed:
+        return Fanout(delivered, failed, offered)
+    by_transport = dict(offered)
+    for conn in failed:
+        by_transport[conn.transport] -= 1
+    return Fanout(delivered, [conn for conn in failed if conn.ids], by_transport)

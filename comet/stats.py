@@ -18,6 +18,7 @@ from collections import Counter
 import psutil
 
 from comet.ends import SLOW_CONSUMER
+from comet.latency import PUBLISH_TO_SOCKET_BOUNDS
 
 
 class Counters:
@@ -45,6 +46,11 @@ class Counters:
         self.fanout = Histogram(FANOUT_BOUNDS)
         #: deliveries made by this process (one message to three connections: three)
         self.messages_out = 0
+        #: the same by transport (the router's counts per fan-out); sums to messages_out
+        self.deliveries: Counter = Counter(dict.fromkeys(TRANSPORTS, 0))
+        #: from a message's publish to its fan-out's last write here, sampled
+        #: (comet.latency: at most one fan-out each SAMPLE_PERIOD)
+        self.publish_to_socket = Histogram(PUBLISH_TO_SOCKET_BOUNDS)
         #: messages lost with dropped connections: the one refused and those queued
         self.messages_dropped = 0
         #: subscribers refused by their token, by reason ("missing token", "expired",
@@ -115,8 +121,10 @@ class Counters:
                          "dropped": self.messages_dropped},
             "published": dict(self.published),
             "subscriptions": dict(self.subscriptions),
+            "deliveries": dict(sorted(self.deliveries.items())),
             "resumes": dict(sorted(self.resumes.items())),
             "fanout_seconds": self.fanout.snapshot(),
+            "publish_to_socket_seconds": self.publish_to_socket.snapshot(),
             "slow_consumers": self.drops[SLOW_CONSUMER.reason],
             "drops": dict(sorted(self.drops.items())),
             "ends": dict(sorted(self.ends.items())),
@@ -188,8 +196,9 @@ def summed(snapshots: list[dict]) -> dict:
 
     Counts add (connections, messages, drops by reason, RSS, PSS); what
     describes one process (:data:`PER_PROCESS`) does not and stays in each
-    worker's entry; any other value is kept when every worker gives the
-    same, and left to the entries when they differ. A figure some worker
+    worker's entry; a level (:data:`HIGHEST`) is the highest worker's; any
+    other value is kept when every worker gives the same, and left to the
+    entries when they differ. A figure some worker
     could not give (None: PSS unreadable) is None in the sum too: a partial
     sum would pass for the whole. ``ids`` counts an id once per worker
     holding it. The RSS per connection is made again from the sums.
@@ -205,7 +214,11 @@ def summed(snapshots: list[dict]) -> dict:
 
 #: snapshot fields counted by reason: their sums keep the reasons sorted
 BY_REASON = ("drops", "ends", "subscribers_refused", "publishers_refused",
-             "publishes_limited", "refused_reasons", "resumes")
+             "publishes_limited", "refused_reasons", "resumes", "deliveries")
+
+#: snapshot fields that are each worker's own level, not a count: the whole server's
+#: is the highest (a worker's pub/sub lag; added up they would mean nothing)
+HIGHEST = frozenset({"pubsub_lag_seconds"})
 
 
 def _add(snapshots: list[dict]) -> dict:
@@ -216,7 +229,9 @@ def _add(snapshots: list[dict]) -> dict:
                 values.setdefault(key, []).append(value)
     total = {}
     for key, found in values.items():
-        if all(isinstance(v, dict) for v in found):
+        if key in HIGHEST:
+            total[key] = max((v for v in found if v is not None), default=None)
+        elif all(isinstance(v, dict) for v in found):
             total[key] = dict(sorted(_add(found).items())) if key in BY_REASON \
                 else _add(found)
         elif all(v == found[0] for v in found) and not _is_number(found[0]):

@@ -11,7 +11,8 @@ does (:mod:`comet.server`'s pieces), with three differences:
 * it answers its siblings on a private unix socket in the master's run
   directory (``w<index>-<pid>.sock``) with its own ``/stats`` snapshot, and
   answers a client's ``GET /stats`` for the whole server: the sum, and each
-  worker's own (:class:`Siblings`).
+  worker's own (:class:`comet.siblings.Siblings`, which gunicorn's workers
+  use too).
 
 It must never return into the master's code: :func:`run` returns an exit
 status that the master's fork branch passes to ``os._exit``.
@@ -19,121 +20,24 @@ status that the master's fork branch passes to ``os._exit``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
-import time
 import tracemalloc
 from pathlib import Path
 
 import gevent
-import gevent.pool
-import psutil
-from gevent import socket
-from gevent.server import StreamServer
 
 from comet import config, server
 from comet.app import CometApp
 from comet.broker import BrokerUnavailable
-from comet.hub import Hub
-from comet.stats import pss, summed
+from comet.rundir import remove_if_empty
+from comet.siblings import Siblings
 
 log = logging.getLogger("comet.worker")
 
-#: seconds a sibling has to send its snapshot before /stats reports it as not answering
-SIBLING_TIMEOUT = 1.0
-#: bytes of a sibling's snapshot read at most (a snapshot is about 1 KB)
-SNAPSHOT_MOST = 1 << 20
 #: seconds between checks that the master is still this worker's parent
 ORPHAN_CHECK = 1.0
-
-
-class Siblings:
-    """This worker's part in the whole server's ``/stats``, over the run directory.
-
-    Every worker listens on ``<run dir>/w<index>-<pid>.sock`` and gives its
-    snapshot to whoever connects; the worker a client asks reads every
-    other socket there, each in its own greenlet, so a sibling that is stuck
-    costs the request :data:`SIBLING_TIMEOUT` and an entry saying so, never
-    the event loop. The directory is the list of workers: a worker's file
-    goes when it exits, and the master removes the file of one that died.
-    """
-
-    def __init__(self, rundir: str, index: int, hub: Hub, master_pid: int,
-                 master_started: float) -> None:
-        self.rundir = Path(rundir)
-        self.index = index
-        self.hub = hub
-        self.master = psutil.Process(master_pid)
-        self.master_started = master_started
-        self.path = self.rundir / socket_name(index, os.getpid())
-        self._process = psutil.Process()
-
-    def own(self) -> dict:
-        """This worker's snapshot as a ``workers`` entry: which one, and its PSS."""
-        return {"index": self.index, **self.hub.snapshot(), "accepting": self.hub.accepting,
-                "pss_bytes": pss(self._process)}
-
-    def stats(self) -> dict:
-        """``GET /stats`` of the whole server: the sums, the master, and every worker."""
-        others = [path for path in self.rundir.glob("w*.sock") if path != self.path]
-        fetches = [gevent.spawn(fetch, path) for path in others]
-        gevent.joinall(fetches)
-        workers = sorted([self.own(), *(f.value for f in fetches)],
-                         key=lambda w: (w["index"], w["pid"]))
-        answering = [w for w in workers if "error" not in w]
-        return {"pid": self.master.pid,
-                "uptime": round(time.time() - self.master_started, 3),
-                **summed(answering),
-                "master": {"pid": self.master.pid, "rss_bytes": _rss(self.master),
-                           "pss_bytes": pss(self.master)},
-                "workers": workers}
-
-    def listen(self) -> StreamServer:
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(self.path))
-        listener.listen(64)
-        return StreamServer(listener, self._answer, spawn=gevent.pool.Pool(16))
-
-    def _answer(self, sock: socket.socket, _address) -> None:
-        sock.settimeout(SIBLING_TIMEOUT)
-        sock.sendall(json.dumps(self.own()).encode())
-
-    def close(self, stats_server: StreamServer) -> None:
-        stats_server.close()
-        self.path.unlink(missing_ok=True)
-
-
-def socket_name(index: int, pid: int) -> str:
-    """The file name of worker ``index``'s stats socket; the master removes a dead one's."""
-    return f"w{index}-{pid}.sock"
-
-
-def fetch(path: Path) -> dict:
-    """A sibling's snapshot, or an entry naming it and why it gave none."""
-    index, _, pid = path.stem[1:].partition("-")
-    try:
-        with gevent.Timeout(SIBLING_TIMEOUT), socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(str(path))
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-                if sum(map(len, chunks)) > SNAPSHOT_MOST:
-                    raise ValueError("snapshot too large")
-        return json.loads(b"".join(chunks))
-    except gevent.Timeout:
-        error = f"no answer within {SIBLING_TIMEOUT:g} s"
-    except (OSError, ValueError) as exc:
-        error = f"no answer: {exc}"
-    return {"index": int(index), "pid": int(pid), "error": error}
-
-
-def _rss(process: psutil.Process) -> int | None:
-    try:
-        return process.memory_info().rss
-    except psutil.Error:
-        return None
 
 
 def _stop_when_orphaned(master_pid: int, stopping) -> None:
@@ -191,14 +95,6 @@ def run(settings: config.Settings, index: int, port: int, ready_fd: int, rundir:
     server.drain(settings, app, http)
     siblings.close(stats_server)
     if os.getppid() != siblings.master.pid:
-        _remove_if_empty(rundir)
+        # An orphan's last act: the master that would remove the directory is gone.
+        remove_if_empty(Path(rundir))
     return 0
-
-
-def _remove_if_empty(rundir: str) -> None:
-    """An orphan's last act: the master that would remove the run directory is gone,
-    so the last worker out does (a sibling still there keeps it, and removes it later)."""
-    try:
-        os.rmdir(rundir)
-    except OSError:
-        pass

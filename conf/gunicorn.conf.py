@@ -3,11 +3,15 @@
 Each value says why; ``python -m comet.tune`` checks the host limits these rely on.
 """
 
+import math
 import os
 
-from comet import config
+# Not ``from comet import config``: gunicorn reads every module-level name that is one of
+# its settings, and ``config`` is one (the -c path): it would stop with "Not a string".
+from comet import rundir
+from comet.config import Settings, from_environment
 
-_settings = config.Settings(**config.from_environment())
+_settings = Settings(**from_environment())
 
 #: comet's worker: gevent, with hibernating connections (no greenlet while idle) and
 #: WebSocket. The stock "gevent" worker also runs the app, one greenlet per connection.
@@ -35,7 +39,19 @@ timeout = 30
 
 #: Seconds a stopping worker has before gunicorn kills it: comet's drain spreads the ends of its
 #: connections over COMET_DRAIN_SECONDS (10), then their last writes get COMET_SHUTDOWN_TIMEOUT (5).
-graceful_timeout = _settings.drain_seconds + _settings.shutdown_timeout
+#: gunicorn takes whole seconds only.
+graceful_timeout = math.ceil(_settings.drain_seconds + _settings.shutdown_timeout)
 
 #: Keep-alive between requests on non-streaming connections (publish, stats).
 keepalive = 5
+
+
+def child_exit(server, worker):
+    """A worker is gone (stopped, or killed): its stats socket goes with it, so that
+    ``/stats`` lists its successor alone (comet.rundir, comet.siblings)."""
+    rundir.forget_worker(rundir.for_gunicorn_master(server.pid), worker.age, worker.pid)
+
+
+def on_exit(server):
+    """The master stops: the run directory its workers shared for ``/stats`` goes."""
+    rundir.remove(rundir.for_gunicorn_master(server.pid))

@@ -46,10 +46,16 @@ def _run(*cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
 
 
+def missing_tools() -> str | None:
+    """What of iproute2 is not installed (Debian: ``apt-get install iproute2``), or None."""
+    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
+    return f"{', '.join(missing)} not on PATH (iproute2)" if missing else None
+
+
 def problem() -> str | None:
-    """Why a lossy link cannot be made here, or None."""
-    if shutil.which("ip") is None or shutil.which("tc") is None:
-        return "iproute2 (ip, tc) is not installed"
+    """Why a lossy link cannot be made here, or None: the tools, or the privilege."""
+    if missing_tools():
+        return missing_tools()
     if os.geteuid() != 0:
         return "not root: making a namespace and a veth pair needs CAP_NET_ADMIN"
     probe = _run("unshare", "--net", "ip", "link", "add", "name", "probea", "type", "veth",

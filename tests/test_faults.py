@@ -200,6 +200,8 @@ def test_streams_over_a_slow_lossy_link_lose_nothing(audits):
     """The server in a namespace of its own behind a shaped veth pair (tests/lossylink.py):
     the kernel drops packets (counted) and queues bursts; the streams carry on or resume,
     and every accepted message arrives once."""
+    if os.environ.get("CI") == "true" and lossylink.missing_tools():
+        pytest.fail(f"{lossylink.missing_tools()} but CI=true: .ci/run must install iproute2")
     why = lossylink.problem()
     if why:
         pytest.skip(why)

@@ -52,9 +52,12 @@ def moved(before: Scrape, after: Scrape) -> dict:
             if after.samples[key] != before.samples.get(key, 0)}
 
 
-#: samples that move by themselves (memory, descriptors, time) or by how fast a fan-out was
+#: samples that move by themselves (memory, descriptors, time), by how fast a fan-out was,
+#: or by when a sample came due (publish-to-socket latency: tests/test_latency.py)
 VOLATILE = ("comet_resident_memory_bytes", "comet_open_files", "comet_uptime_seconds",
-            "comet_broadcast_fanout_seconds_bucket", "comet_broadcast_fanout_seconds_sum")
+            "comet_broadcast_fanout_seconds_bucket", "comet_broadcast_fanout_seconds_sum",
+            "comet_publish_to_socket_seconds_bucket", "comet_publish_to_socket_seconds_sum",
+            "comet_publish_to_socket_seconds_count")
 
 
 def test_every_family_has_help_and_type(server):
@@ -88,7 +91,7 @@ def test_counters_move_by_exactly_what_was_done_and_agree_with_stats(server):
         ("comet_messages_published_total", (("path", "send"),)): 3,
         ("comet_messages_published_total", (("path", "broadcast"),)): 1,
         ("comet_messages_published_total", (("path", "batch"),)): 2,
-        ("comet_deliveries_total", ()): 3 * 2 + 2 + 2,
+        ("comet_deliveries_total", (("transport", "test"),)): 3 * 2 + 2 + 2,
         ("comet_broadcast_fanout_seconds_count", ()): 1,
         ("comet_history_messages", ()): 6,
     }
@@ -96,7 +99,8 @@ def test_counters_move_by_exactly_what_was_done_and_agree_with_stats(server):
     assert after("comet_connections", transport="test") == 2
     assert after("comet_ids") == 1
     stats = server.stats()
-    assert after("comet_deliveries_total") == stats["messages"]["out"] == 10
+    assert after("comet_deliveries_total", transport="test") == stats["messages"]["out"] == 10
+    assert after("comet_publish_to_socket_seconds_count") >= 1, "the first fan-out is timed"
     assert after("comet_connections_accepted_total") == stats["accepted"] == 2
     assert sum(after("comet_messages_published_total", path=p)
                for p in ("send", "batch", "broadcast")) == stats["messages"]["in"] == 6
@@ -220,7 +224,11 @@ def test_workers_sums_are_the_whole_servers(workers):
     assert found("comet_workers", state="silent") == 0
     assert found("comet_connections", transport="events") == len(streams) == sum(
         w["connections"]["events"] for w in entries)
-    assert found("comet_deliveries_total") == want == sum(w["messages"]["out"] for w in entries)
+    assert found("comet_deliveries_total", transport="events") == want == sum(
+        w["deliveries"]["events"] for w in entries)
+    assert found("comet_publish_to_socket_seconds_count") >= 2, "each worker's first fan-out"
+    assert found("comet_broker_pubsub_lag_seconds") == max(
+        w["broker"]["pubsub_lag_seconds"] for w in entries)
     assert found("comet_messages_published_total", path="send") + found(
         "comet_messages_published_total", path="broadcast") == len(streams) + 1
     assert found("comet_broadcast_fanout_seconds_count") == 2, "one observation per worker"

@@ -148,6 +148,10 @@ class Broker(Protocol):
     def position(self) -> str:
         """The id a client that has seen everything so far would hold."""
 
+    def published_at(self, message: Message) -> float | None:
+        """When ``message`` was published (epoch seconds), where its id says (Redis:
+        offsets are its clock); None where it does not."""
+
     def snapshot(self) -> dict:
         """What ``/stats`` shows of the broker."""
 

@@ -216,6 +216,7 @@ class RedisBroker(RedisBrokerBase):
     def snapshot(self) -> dict:
         return {"kind": "redis", "url": self.where, "up": self.up, "epoch": self.epoch,
                 "subscribed_ids": self.subscribed(), **self.stats,
+                "pubsub_lag_seconds": self.pubsub_lag,
                 "publish_calls": self._publish_call.calls,
                 "published": self._publish_call.items}
 
@@ -286,6 +287,7 @@ class RedisBroker(RedisBrokerBase):
     def _on_message(self, chan: bytes, payload: bytes) -> None:
         epoch, seq, data = payload.split(b" ", 2)
         seq = int(seq)
+        self.read_from_pubsub(seq)
         epoch = epoch.decode()
         if epoch != self.epoch:
             self._epoch_changed(epoch)

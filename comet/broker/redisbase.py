@@ -22,6 +22,8 @@ from redis.exceptions import RedisError
 from comet.broker import BrokerUnavailable, Message, redacted
 from comet.broker.pubsublink import PING_INTERVAL
 from comet.broker.redisconn import connection_options
+from comet.broker.redisscripts import published_at
+from comet.latency import Sampler, age
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,21 @@ class RedisBrokerBase:
         self.options = options
         #: the same for pub/sub connections
         self.pubsub_options = {**options, "socket_timeout": 2 * PING_INTERVAL, "protocol": 2}
+        #: seconds a message read from pub/sub had been on its way (Redis's clock to
+        #: this host's), the latest sampled; None until one is read
+        self.pubsub_lag: float | None = None
+        self._lag_due = Sampler()
+
+    def published_at(self, message: Message) -> float:
+        """When ``message`` was published (epoch seconds): its offset is Redis's clock."""
+        return published_at(message.seq)
+
+    def read_from_pubsub(self, seq: int) -> None:
+        """A message of offset ``seq`` was just read from pub/sub: its age is the lag,
+        measured when a sample is due (one attribute read when it is not)."""
+        if self._lag_due.due:
+            self.pubsub_lag = age(published_at(seq), time.time())
+            self._lag_due.taken()
 
     def reach(self, attempt: Callable[[], None], what: str) -> None:
         """``attempt()`` until it works, for ``--redis-wait`` seconds at most (none: once);

@@ -333,6 +333,7 @@ class RedisClusterBroker(RedisBrokerBase):
                                   "reconnects": shard.reconnects}
                            for name, shard in self._shards.items()},
                 "reconnects": sum(shard.reconnects for shard in self._shards.values()),
+                "pubsub_lag_seconds": self.pubsub_lag,
                 **self.stats, "publish_calls": self._publish_call.calls,
                 "published": self._publish_call.items}
 
@@ -480,6 +481,7 @@ class RedisClusterBroker(RedisBrokerBase):
     def on_message(self, shard: _Shard, chan: bytes, payload: bytes) -> None:
         epoch, seq, data = payload.split(b" ", 2)
         seq = int(seq)
+        self.read_from_pubsub(seq)
         if seq > shard.received:
             shard.received = seq
         id = self.id_of(chan)

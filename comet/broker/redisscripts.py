@@ -44,6 +44,13 @@ BROADCAST = "*"
 #: offsets per millisecond: seq = ms * SEQ_PER_MS (+ n when messages crowd a millisecond)
 SEQ_PER_MS = 1024
 
+
+def published_at(seq: int) -> float:
+    """When the message of offset ``seq`` was published, in epoch seconds by Redis's
+    clock (to the millisecond; later when messages crowded a millisecond)."""
+    return seq / (SEQ_PER_MS * 1000)
+
+
 #: history bounds a publish uses when no server has written its own yet
 DEFAULT_HISTORY, DEFAULT_TTL = 100, 300
 
