@@ -3,20 +3,23 @@
 Plain WSGI, no framework, so it runs under ``python -m comet.server`` and under
 gunicorn alike. Routes (docs/usage.rst, "HTTP interface"):
 
-======================  =======================================================
-``GET /test/<id>``      the seed's chunked stream: welcome, ticks, messages
-``GET /events/<id>``    Server-Sent Events, resumable with ``Last-Event-ID``
-``GET /poll/<id>``      long-poll: JSON messages after ``?since=``
-``GET /ws/<id>``        WebSocket: messages as text frames
-``POST /send/<id>``     deliver the body to every connection logged in as ``<id>``
-``POST /send``          a batch: one ``{"id", "message"}`` JSON object a line
-``POST /broadcast``     deliver the body to every connection
-``GET /stats``          counters and memory as JSON (``--metrics-from`` only)
-``GET /metrics``        the same figures in Prometheus's format (``--metrics-from`` only)
-``GET /dashboard``      a live page of those figures, fed by ``/dashboard/events`` (idem)
-``GET /health``         200 while serving and the broker is reachable, else 503
-``GET /``               a page that subscribes with EventSource and sends
-======================  =======================================================
+==================================  =======================================================
+``GET /test/<id>``                  the seed's chunked stream: welcome, ticks, messages
+``GET /events/<id>``                Server-Sent Events, resumable with ``Last-Event-ID``
+``GET /poll/<id>``                  long-poll: JSON messages after ``?since=``
+``GET /ws/<id>``                    WebSocket: messages as text frames
+``POST /send/<id>``                 deliver the body to every connection logged in as ``<id>``
+``POST /send``                      a batch: one ``{"id", "message"}`` JSON object a line
+``POST /broadcast``                 deliver the body to every connection
+``POST /subscribe/<subscriber>``    it follows each ``?to=`` id (``DELETE``: no more)
+``GET /subscriptions/<id>``         whom ``<id>`` follows: a page after ``?after=``
+``POST /notify/<id>``               deliver the body to every subscriber of ``<id>``
+``GET /stats``                      counters and memory as JSON (``--metrics-from`` only)
+``GET /metrics``                    the same figures for Prometheus (``--metrics-from`` only)
+``GET /dashboard``                  a live page of them, fed by ``/dashboard/events`` (idem)
+``GET /health``                     200 while serving and the broker is reachable, else 503
+``GET /``                           a page that subscribes with EventSource and sends
+==================================  =======================================================
 
 Shared state (router, broker, counters, admission) is the hub's
 (:mod:`comet.hub`); a subscriber's body and how it lives are
@@ -32,6 +35,7 @@ from importlib import resources
 
 from comet import dashboard, metrics, publishers, tokens
 from comet.broker import BrokerUnavailable
+from comet.broker.graph import FOLLOWING, GraphFull
 from comet.burstlog import BurstLog
 from comet.config import Settings
 from comet.framing import framing_for
@@ -40,12 +44,14 @@ from comet.inputs import (
     BadRequest,
     check_batch_type,
     check_id,
+    followed_ids,
     ids_of,
     last_event_id,
+    page_cursor,
     parse_batch,
     read_body,
 )
-from comet.limits import METRICS_FROM
+from comet.limits import FOLLOWEES_PER_USER, METRICS_FROM, SUBSCRIBERS_PER_ID
 from comet.ratelimit import RateLimiter, retry_after
 from comet.response import PollResponse, StreamResponse, WebSocketResponse
 from comet.stats import memory_by_line
@@ -99,6 +105,9 @@ class CometApp:
             "poll": (self.poll, ("GET",)),
             "ws": (self.websocket, ("GET",)),
             "send": (self.send, ("POST",)),
+            "subscribe": (self.subscribe, ("POST", "DELETE")),
+            "subscriptions": (self.subscriptions, ("GET",)),
+            "notify": (self.notify, ("POST",)),
         }
         self._exact = {
             "/": (self.page, ("GET", "HEAD")),
@@ -389,6 +398,46 @@ class CometApp:
     def broadcast(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
         message, delivered = self.hub.broadcast(self._message(environ))
         return self._json(respond, {"message": message.id, "delivered": delivered})
+
+    # -- subscriptions between users ------------------------------------------------
+
+    def subscribe(self, environ: dict, respond: StartResponse, path_id: str) -> list[bytes]:
+        """``POST``: the subscriber follows every ``?to=`` id, all or none (409 over a
+        limit); ``DELETE``: it follows them no more. A publisher's request."""
+        self._publisher(environ)
+        subscriber = check_id(path_id)
+        ids = followed_ids(subscriber, environ.get("QUERY_STRING", ""),
+                           self.settings.max_follow_ids)
+        if environ["REQUEST_METHOD"] == "DELETE":
+            removed = self.hub.unfollow(subscriber, ids)
+            return self._json(respond, {"id": subscriber, "unfollowed": removed})
+        try:
+            added = self.hub.follow(subscriber, ids)
+        except GraphFull as full:
+            if full.limit == FOLLOWING:
+                why, kind = f"follows {full.bound} ids already (--max-following)", \
+                    FOLLOWEES_PER_USER
+            else:
+                why, kind = f"has {full.bound} subscribers already (--max-followers)", \
+                    SUBSCRIBERS_PER_ID
+            raise BadRequest("409 Conflict", f"{full.id!r} {why}, the most allowed; "
+                             "nothing was followed", limit=kind) from None
+        return self._json(respond, {"id": subscriber, "followed": added})
+
+    def subscriptions(self, environ: dict, respond: StartResponse,
+                      path_id: str) -> list[bytes]:
+        """Whom ``<id>`` follows, a page at a time in id order; a publisher's request,
+        as the graph is the backend's to see."""
+        self._publisher(environ)
+        id = check_id(path_id)
+        page = self.hub.following(id, page_cursor(environ.get("QUERY_STRING", "")))
+        return self._json(respond, {"id": id, "following": page.following, "next": page.next})
+
+    def notify(self, environ: dict, respond: StartResponse, path_id: str) -> list[bytes]:
+        id = check_id(path_id)
+        subscribers, delivered = self.hub.notify(id, self._message(environ))
+        return self._json(respond, {"id": id, "subscribers": subscribers,
+                                    "delivered": delivered})
 
     # -- pages and introspection ------------------------------------------------
 

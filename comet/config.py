@@ -167,6 +167,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_message", positive_int, 64 * 1024, "bytes in a published message at most (413)"),
     Setting("max_batch", positive_int, 1024 * 1024,
             "bytes in one batch publish (POST /send, newline-delimited JSON) at most (413)"),
+    Setting("max_following", positive_int, 1000,
+            "ids one user may follow (POST /subscribe); more: 409. Its list is read in "
+            "pages and a follow checks it whole, so it stays small"),
+    Setting("max_followers", positive_int, 100_000,
+            "subscribers one id may have; more: 409. A notify reads them all and "
+            "publishes to each, so this bounds what one POST /notify costs"),
+    Setting("max_follow_ids", positive_int, 100,
+            "?to= ids in one POST or DELETE /subscribe at most; more: 400"),
+    Setting("subscriptions_page", positive_int, 100,
+            "ids one page of GET /subscriptions/<id> lists at most"),
     Setting("publish_keys", key_list, None,
             "publisher keys, comma-separated: with any key configured every publisher "
             "(loopback too) needs one, as Authorization: Bearer or X-API-Key; "

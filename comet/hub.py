@@ -49,6 +49,7 @@ from comet import ends
 from comet.broker import Broker, BrokerUnavailable, Message, Replay
 from comet.broker import cursor as cursor_text
 from comet.broker.cursor import Cursor
+from comet.broker.graph import Page
 from comet.broker.memory import MemoryBroker, MemoryHistory
 from comet.burstlog import BurstLog
 from comet.config import Settings
@@ -68,6 +69,8 @@ DRAIN_TICK = 0.05
 #: connections a second a shutdown ends at least: it is spread over --drain-seconds only
 #: where that is slower (a few thousand streams), and a small server stops at once
 DRAIN_FLOOR = 1000
+#: subscribers a notify publishes to in one broker call (one Redis script call each)
+NOTIFY_BATCH = 1000
 
 __all__ = ["RETRY_AFTER", "Hub", "Outgoing", "Refused", "broker_for"]
 
@@ -455,6 +458,54 @@ class Hub:
         """The id a client that has seen everything so far would hold (long-poll's
         ``last``); None where positions are per stream (each connection has its own)."""
         return None if self.broker.vector else self.broker.position()
+
+    # -- subscriptions between users ----------------------------------------------------
+
+    def follow(self, subscriber: str, ids: Sequence[str]) -> int:
+        """``subscriber`` follows ``ids``, within --max-following and --max-followers
+        (else :class:`~comet.broker.graph.GraphFull`, nothing changed); returns how many
+        are new."""
+        settings = self.settings
+        added = self.broker.graph.follow(subscriber, ids, settings.max_following,
+                                         settings.max_followers)
+        self.counters.subscriptions["follows"] += added
+        return added
+
+    def unfollow(self, subscriber: str, ids: Sequence[str]) -> int:
+        """``subscriber`` follows ``ids`` no more; returns how many it did follow."""
+        removed = self.broker.graph.unfollow(subscriber, ids)
+        self.counters.subscriptions["unfollows"] += removed
+        return removed
+
+    def following(self, subscriber: str, after: str | None) -> Page:
+        """One page of whom ``subscriber`` follows, after the cursor ``after``."""
+        return self.broker.graph.following(subscriber, after, self.settings.subscriptions_page)
+
+    def notify(self, id: str, data: bytes) -> tuple[int, int | None]:
+        """``data`` to every connection of every subscriber of ``id``: how many
+        subscribers, and this process's deliveries (None where the broker spans processes).
+
+        Each subscriber gets the message as its own, through the batch publish
+        path (one script call per :data:`NOTIFY_BATCH` on one Redis): it is in
+        that subscriber's history, so a resume replays it, and reaches each of
+        its connections once, wherever they are. A write per subscriber, the
+        price of a notify that resumes exactly like a send (docs/design.rst).
+        Raises :class:`~comet.broker.BrokerUnavailable` when it cannot; a batch
+        taken before then stays taken.
+        """
+        followers = self.broker.graph.followers(id)
+        self.counters.subscriptions["notifies"] += 1
+        delivered = 0
+        for start in range(0, len(followers), NOTIFY_BATCH):
+            batch = [(follower, data) for follower in followers[start:start + NOTIFY_BATCH]]
+            self._began()
+            try:
+                results = self.broker.publish_many(batch)
+            finally:
+                self._publish_began = None
+            self.counters.published["notify"] += len(results)
+            delivered += sum(count or 0 for _, count in results)
+        return len(followers), None if self.broker.spans_processes else delivered
 
     # -- the server's life ------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 import gevent
 
-from comet.limits import TOO_MANY_IDS
+from comet.limits import FOLLOW_IDS, TOO_MANY_IDS
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
@@ -63,6 +63,35 @@ def ids_of(path_id: str, query_string: str,
                          f"too many ids: at most {max_ids} per connection (--max-ids)",
                          limit=TOO_MANY_IDS)
     return ids
+
+
+def followed_ids(subscriber: str, query_string: str, max_ids: int) -> list[str]:
+    """The distinct ``?to=`` ids of a ``/subscribe`` request, all validated: at least
+    one, at most ``max_ids``, none the subscriber itself."""
+    found = list(dict.fromkeys(map(check_id, parse_qs(query_string, keep_blank_values=True)
+                                   .get("to", ()))))
+    if not found:
+        raise BadRequest("400 Bad Request", "name the ids to follow: ?to=<id>&to=<id>")
+    if len(found) > max_ids:
+        raise BadRequest("400 Bad Request",
+                         f"too many ?to= ids: at most {max_ids} per request (--max-follow-ids)",
+                         limit=FOLLOW_IDS)
+    if subscriber in found:
+        raise BadRequest("400 Bad Request", f"{subscriber!r} cannot follow itself")
+    return found
+
+
+def page_cursor(query_string: str) -> str | None:
+    """``?after=``: the last id of the page before (a ``next`` from a listing), or None."""
+    values = parse_qs(query_string, keep_blank_values=True).get("after", ())
+    if len(values) > 1:
+        raise BadRequest("400 Bad Request", "one ?after= cursor at most")
+    if not values:
+        return None
+    if not ID_PATTERN.fullmatch(values[0]):
+        raise BadRequest("400 Bad Request",
+                         "bad ?after= cursor: the \"next\" of the page before (an id)")
+    return values[0]
 
 
 def is_loopback(address: str) -> bool:

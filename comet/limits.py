@@ -41,6 +41,11 @@ REQUEST_LINE_TOO_LONG = "request line too long"
 HEAD_TOO_LARGE = "request head too large"
 HEAD_TOO_SLOW = "request head too slow"
 FRAME_TOO_BIG = "websocket frame too big"
+#: subscriptions (comet.broker.graph): a follow over a user's or an id's limit (409),
+#: too many ?to= ids in one request (400)
+FOLLOWEES_PER_USER = "followees per user"
+SUBSCRIBERS_PER_ID = "subscribers per id"
+FOLLOW_IDS = "ids per subscribe request"
 #: /metrics or /stats asked from an address --metrics-from does not list
 METRICS_FROM = "metrics from elsewhere"
 #: a dashboard stream asked for while a process holds as many as it may (comet.dashboard)

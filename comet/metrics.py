@@ -93,7 +93,8 @@ def _connections(s: dict) -> Iterator[Metric]:
 def _messages(s: dict) -> Iterator[Metric]:
     published = s.get("published", {})
     yield _by("comet_messages_published", "messages published through this server, by "
-              "path: send (POST /send/<id>), batch (lines of POST /send), broadcast", "path",
+              "path: send (POST /send/<id>), batch (lines of POST /send), broadcast, notify (one "
+              "per subscriber of POST /notify/<id>)", "path",
               {p: published.get(p, 0) for p in PUBLISH_PATHS})
     messages = s.get("messages", {})
     deliveries = s.get("deliveries", {})

@@ -36,7 +36,8 @@ class Counters:
         #: refusals for a limit are in ``limits``
         self.refusals: Counter = Counter()
         #: messages published here, by how: one ``/send/<id>``, the lines of a batch
-        #: ``/send``, a ``/broadcast`` (a fixed set of keys: one dict lookup a publish)
+        #: ``/send``, a ``/broadcast``, one per subscriber of a ``/notify`` (a fixed set
+        #: of keys: one dict lookup a publish)
         self.published = dict.fromkeys(PUBLISH_PATHS, 0)
         #: resumes (a Last-Event-ID, a long-poll's since), by whether history covered
         #: the gap: "recovered" or "missed"
@@ -68,6 +69,9 @@ class Counters:
         #: requests and connections refused for a limit, by its kind (comet.limits):
         #: "connections per address", "request head too slow", ...
         self.limits: Counter = Counter()
+        #: subscriptions between users: relations made (``follows``) and undone
+        #: (``unfollows``) through this process, ``notifies`` handled here
+        self.subscriptions = dict.fromkeys(("follows", "unfollows", "notifies"), 0)
 
     @property
     def refused(self) -> int:
@@ -116,6 +120,7 @@ class Counters:
             "messages": {"in": self.messages_in, "out": self.messages_out,
                          "dropped": self.messages_dropped},
             "published": dict(self.published),
+            "subscriptions": dict(self.subscriptions),
             "deliveries": dict(sorted(self.deliveries.items())),
             "resumes": dict(sorted(self.resumes.items())),
             "fanout_seconds": self.fanout.snapshot(),
@@ -142,7 +147,7 @@ FULL = "server full"
 ROOM_REFUSALS = (FULL, SHUTTING_DOWN, BROKER_DOWN)
 
 #: how a message reached the hub (``published`` in /stats, a label of /metrics)
-PUBLISH_PATHS = ("send", "batch", "broadcast")
+PUBLISH_PATHS = ("send", "batch", "broadcast", "notify")
 
 #: upper bounds (seconds) of the broadcast fan-out histogram: 0.1 ms (a few
 #: connections) to 10 s (far past a process's 19,000 connections)

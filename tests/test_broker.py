@@ -21,6 +21,7 @@ import pytest
 
 from comet.broker import Message, parse_position
 from comet.broker import cursor as positions
+from comet.broker.graph import FOLLOWERS, FOLLOWING, GraphFull
 from comet.broker.memory import MemoryBroker, MemoryHistory
 from tests.realserver import wait_until
 
@@ -251,3 +252,36 @@ def test_unsubscribed_ids_are_no_longer_delivered_here(broker):
     broker.publish("a", b"gone")
     marker, _ = broker.publish("b", b"still")
     assert broker.delivered.wait(1) == [("b", marker.id)]
+
+
+# -- the graph of subscriptions (Broker.graph) --------------------------------------------
+
+
+def test_the_graph_keeps_both_sides_and_pages_in_id_order(broker):
+    graph = broker.graph
+    assert graph.follow("ann", ["zed", "bob", "cat"], 10, 10) == 3
+    assert graph.follow("ann", ["bob", "dan"], 10, 10) == 1
+    assert graph.follow("eve", ["bob"], 10, 10) == 1
+    assert sorted(graph.followers("bob")) == ["ann", "eve"]
+    assert graph.following("ann", None, 3) == (["bob", "cat", "dan"], "dan")
+    assert graph.following("ann", "dan", 3) == (["zed"], None)
+    assert graph.following("ann", "bz", 2) == (["cat", "dan"], "dan")  # a cursor since gone
+    assert graph.unfollow("ann", ["bob", "nobody"]) == 1
+    assert graph.followers("bob") == ["eve"]
+    assert graph.following("ann", None, 10) == (["cat", "dan", "zed"], None)
+    assert graph.following("nobody", None, 10) == ([], None)
+
+
+def test_a_follow_over_either_limit_changes_nothing(broker):
+    graph = broker.graph
+    graph.follow("ann", ["a", "b"], 3, 2)
+    with pytest.raises(GraphFull) as over:
+        graph.follow("ann", ["b", "c", "d"], 3, 2)
+    assert (over.value.limit, over.value.id) == (FOLLOWING, "ann")
+    graph.follow("bob", ["a"], 3, 2)
+    with pytest.raises(GraphFull) as full:
+        graph.follow("cat", ["new", "a"], 3, 2)
+    assert (full.value.limit, full.value.id) == (FOLLOWERS, "a")
+    assert graph.following("ann", None, 10) == (["a", "b"], None)
+    assert graph.following("cat", None, 10) == ([], None)
+    assert graph.followers("new") == []

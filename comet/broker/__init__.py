@@ -26,6 +26,9 @@ What a broker owns, and what it does not:
 * **Failure.** A broker that cannot do its part raises
   :class:`BrokerUnavailable`; when it learns that history cannot cover what
   some ids' connections missed, it calls the hub's ``lost`` with them.
+* **Subscriptions between users** (:attr:`Broker.graph`, :mod:`comet.broker.graph`):
+  who follows whom, kept where the history is, so every process that can
+  publish sees the same graph.
 * Not the connections: which connections of this process hold an id is the
   hub's router. The broker knows no HTTP, no transport and no connection.
 """
@@ -33,10 +36,13 @@ What a broker owns, and what it does not:
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from comet.broker.cursor import offset_of
+
+if TYPE_CHECKING:  # graph.py imports nothing of this module, but keep the seam one-way
+    from comet.broker.graph import Graph
 
 
 class Message:
@@ -109,6 +115,10 @@ class Broker(Protocol):
 
     #: False while the broker cannot publish or subscribe (``/health`` answers 503)
     up: bool
+
+    #: who follows whom (``/subscribe``, ``/notify``): in this process, or in Redis
+    #: where the broker spans processes (:mod:`comet.broker.graph`)
+    graph: Graph
 
     def start(self, deliver: Deliver, lost: Lost | None = None,
               held: Held | None = None) -> None:

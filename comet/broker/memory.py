@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from comet.broker import BrokerUnavailable, Deliver, Lost, Message, Replay, parse_position
+from comet.broker.graph import MemoryGraph
 
 #: the "user id" under which broadcasts are kept
 BROADCAST = "*"
@@ -44,6 +45,8 @@ class MemoryBroker:
     def __init__(self, history: MemoryHistory | None = None) -> None:
         self.history = history if history is not None else MemoryHistory()
         self._deliver: Deliver | None = None
+        #: who follows whom (/subscribe, /notify), in this process
+        self.graph = MemoryGraph()
 
     def start(self, deliver: Deliver, lost: Lost | None = None, held=None) -> None:
         self._deliver = deliver  # history is never lost behind a connection's back here
@@ -87,7 +90,8 @@ class MemoryBroker:
         return self.history.position()
 
     def snapshot(self) -> dict:
-        return {"kind": "memory", "up": True, "kept": len(self.history)}
+        return {"kind": "memory", "up": True, "kept": len(self.history),
+                "graph": self.graph.snapshot()}
 
     def close(self) -> None:
         self._deliver = None

@@ -46,6 +46,7 @@ from comet.broker.coalesce import Coalescer
 from comet.broker.cursor import offset_of
 from comet.broker.pubsublink import PING_INTERVAL, SUBSCRIBE_WAIT, PubSubLink, Waiters
 from comet.broker.redisbase import RedisBrokerBase, advise_stream_nodes, read_replay
+from comet.broker.redisgraph import RedisGraph
 from comet.broker.redisscripts import (
     BROADCAST,
     PUBLISH,
@@ -101,6 +102,8 @@ class RedisBroker(RedisBrokerBase):
             max_connections=pool_size, **options))
         #: greenlets beyond the pool wait here, cooperatively, for a connection
         self._slots = gevent.lock.BoundedSemaphore(pool_size)
+        #: who follows whom (/subscribe, /notify), in Redis sets every process shares
+        self.graph = RedisGraph(lambda: self._client, self._slots, self.prefix, self.where)
         self._publish = self._client.register_script(PUBLISH)
         #: one publish call in flight; what comes meanwhile goes together in the next
         self._publish_call = Coalescer(self._run_publish)

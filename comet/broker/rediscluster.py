@@ -69,6 +69,7 @@ from comet.broker.pubsublink import (
     Waiters,
 )
 from comet.broker.redisbase import RedisBrokerBase, read_replay
+from comet.broker.redisgraph import RedisGraph
 from comet.broker.redisscripts import (
     BROADCAST,
     SEQ_PER_MS,
@@ -189,6 +190,8 @@ class RedisClusterBroker(RedisBrokerBase):
         self.pubsub_options.pop("db", None)
         self._client: redis.RedisCluster | None = None
         self._slots = gevent.lock.BoundedSemaphore(self.pool_size)
+        #: who follows whom, in Redis sets under one hash tag (comet.broker.redisgraph)
+        self.graph = RedisGraph(lambda: self._client, self._slots, self.prefix, self.where)
         #: one publish call in flight; what comes meanwhile goes together in the next
         self._publish_call = Coalescer(self._publish_now)
         self._deliver: Deliver | None = None
