@@ -179,7 +179,7 @@ def test_a_message_published_straight_into_redis_is_aged_from_its_id(redis_serve
         stats = server.wait_for(lambda s: s["publish_to_socket_seconds"]["count"] == 1,
                                 what="the sample")
         assert 0 <= stats["publish_to_socket_seconds"]["sum"] < PLAUSIBLE
-        assert stats["published"] == {"batch": 0, "broadcast": 0, "send": 0}
+        assert stats["published"] == {"batch": 0, "broadcast": 0, "notify": 0, "send": 0}
         stream.close()
     finally:
         server.stop()
