@@ -47,6 +47,7 @@ import gevent.socket
 from flood import head as heads
 from flood import publishkey
 from flood.chunked import ChunkedDecoder, DecodeError
+from flood.connect import close_reason
 from flood.publisher import Publisher
 from flood.urls import BadUrl, parse_url
 
@@ -62,7 +63,7 @@ TICK = 0.1
 #: (longer than any heartbeat it is told to expect)
 STALL = 60.0
 #: why a stream that was held ended (any other reason: it never got going)
-HELD_ENDS = ("stream ended", "closed mid-stream", "connection reset", "stalled")
+HELD_ENDS = ("stream ended", "closed mid-stream", "Connection reset by peer", "stalled")
 #: the data of the messages that check an id is routed before publishing starts
 PROBE = "probe"
 #: subscribers started a second, in steps of RAMP_STEP
@@ -183,7 +184,7 @@ class Subscriber:
         except TimeoutError:
             return "stalled"
         except (OSError, heads.HeadError, DecodeError) as exc:
-            return _describe(exc)
+            return close_reason(exc)
         finally:
             if sock is not None:
                 sock.close()
@@ -354,16 +355,6 @@ class Audit:
             report.reconnects_per_s = [self._reconnects.get(s, 0) for s in range(last + 1)]
             report.reconnect_peak_per_s = max(self._reconnects.values())
         return report
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset"
-    if isinstance(exc, heads.HeadError):
-        return str(exc)
-    return type(exc).__name__
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -66,7 +66,7 @@ class Connector:
             counters.pending -= 1
             if sock is not None:
                 sock.close()
-            reason = _describe(exc)
+            reason = close_reason(exc)
             counters.close(reason, was_active=False)
             self.on_closed(f"{reason} ({url})")
             return
@@ -107,7 +107,7 @@ class Connector:
         return body
 
 
-def _describe(exc: BaseException) -> str:
+def close_reason(exc: BaseException) -> str:
     """A short close reason: ``connect: Connection refused``, ``timeout``, ``status 404``."""
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "timeout"
