@@ -191,7 +191,12 @@ class Bench:
             self.result.update(measure.figures(before, after, ready, ramp, held, fan,
                                                server.pids, self.client_procs))
             self.result["flood_urls_per_process"] = -(-args.connections // self.client_procs)
-            if args.publish_rate:
+            if args.publish_rate and args.social:
+                self.result["social"] = publishing.along_a_graph(
+                    server.url, self.timeline, children, args.connections, args.social,
+                    args.publish_rate, args.publish_for, args.publish_batch,
+                    args.publish_concurrency, args.publish_key_file, server.redis_url)
+            elif args.publish_rate:
                 self.result["per_user"] = publishing.per_user(
                     server.url, self.timeline, children, args.connections, args.publish_rate,
                     args.publish_for, args.publish_batch, args.publish_concurrency,
@@ -279,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "one request per message)")
     p.add_argument("--publish-concurrency", type=int, default=8, metavar="C",
                    help="msggen's senders with --publish-rate (default 8)")
+    p.add_argument("--social", type=int, metavar="M",
+                   help="with --publish-rate, the series' part 3: the held users follow each "
+                        "other along a Barabási-Albert graph (each new user M links), loaded "
+                        "into the server's Redis (or through the API), and msggen notifies "
+                        "for random users: load time, Redis memory, fan-out, deliveries/s")
     p.add_argument("--publish-key-file", metavar="PATH",
                    help="publish (broadcasts, msggen) with the first key in this file "
                         "(default: $COMET_PUBLISH_KEY_FOR_CLIENT if set, else no key)")
@@ -345,6 +355,8 @@ def _checked(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpars
                                           or args.publish_concurrency < 1):
         parser.error("--publish-rate, --publish-for, --publish-batch and "
                      "--publish-concurrency must be positive")
+    if args.social is not None and (args.social < 1 or not args.publish_rate):
+        parser.error("--social needs a positive M and --publish-rate")
     if args.publish_rate and args.unread:
         parser.error("--publish-rate with --unread: nobody reads what is published")
     if args.unread and args.transport == "poll":

@@ -37,6 +37,28 @@ def publishing_line(p: dict) -> str:
             f"({p['closed_streams']:,} streams closed); {lat}")
 
 
+def social_lines(p: dict) -> list[tuple[str, str]]:
+    """bench's part 3 phase: the graph, its load, and the notifies along it."""
+    g, load, fan = p["graph"], p["load"], p.get("fan_out") or {}
+    lat = (f"p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, max {p['max_ms']:.1f} ms"
+           if p["count"] else "no latency samples")
+    redis = (f", Redis +{p['redis_graph_bytes'] / 2**20:,.1f} MiB"
+             if p.get("redis_graph_bytes") is not None else "")
+    spread = ", ".join(f"{k} {fan[k]:,}" for k in ("p50", "p99", "max") if k in fan)
+    return [
+        ("friends graph", f"{g['users']:,} users, m {g['m']}, {g['links']:,} links; followers "
+                          f"median {g['followers_p50']}, p99 {g['followers_p99']}, "
+                          f"max {g['followers_max']:,}"),
+        ("graph load", f"{load['via']} in {load['seconds']:.1f} s{redis}"),
+        ("notifies", f"{p['accepted']:,} accepted of {p['notifies']:,} at "
+                     f"{p['notifies_per_s']:,.0f}/s (batch {p['batch']}); fan-out mean "
+                     f"{fan.get('mean')}" + (f" ({spread})" if spread else "")),
+        ("deliveries", f"{p['received']:,} of {p['deliveries_expected']:,} at "
+                       f"{p['deliveries_per_s']:,}/s ({p['closed_streams']:,} streams "
+                       f"closed); {lat}"),
+    ]
+
+
 def tcp_events(during: dict) -> str:
     """The kernel's TCP counters that moved during the ramp and hold (machine-wide)."""
     moved = [f"{name} {count:,}" for name, count in during.items() if count]
@@ -93,6 +115,8 @@ def rows(r: dict) -> list[tuple[str, str]]:
                                              f"; MemAvailable fell {fell / GIB:.2f} GiB")))
     if r.get("per_user"):
         out.append(("per-user messages", publishing_line(r["per_user"])))
+    if r.get("social"):
+        out.extend(social_lines(r["social"]))
     if r.get("churn"):
         c = r["churn"]
         out.append(("after churn", (f"empty in {c['empty_after_s']:.1f} s" if c["empty"]

@@ -360,8 +360,31 @@ def test_bench_publishes_to_each_user_and_counts_what_arrived(tmp_path):
     assert "per-user messages" in printed and f"{per_user['received']:,} received" in printed
 
 
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_bench_notifies_along_a_friends_graph_and_counts_every_delivery(tmp_path, broker):
+    """--social: the held users follow each other (through the API, or straight into the
+    workers' Redis), notifies for random users; every follower's stream gets each once."""
+    extra = ["--transport", "sse"]
+    if broker == "redis":
+        redis_binary_or_skip("redis-server")
+        extra += ["--workers", "2", "--redis-server"]
+    doc, printed = small_bench(tmp_path, *extra, "--social", "4", "--publish-rate", "40",
+                               "--publish-for", "2", "--publish-batch", "1")
+    social = doc["social"]
+    assert social["graph"]["users"] == 60 and social["graph"]["links"] == (60 - 4) * 4
+    assert social["load"]["via"] == ("redis" if broker == "redis" else "api"), social["load"]
+    assert social["errors"] == 0 and social["accepted"] == social["notifies"] > 0, social
+    assert social["deliveries_expected"] == round(social["fan_out"]["mean"] * social["accepted"])
+    assert social["received"] == social["deliveries_expected"] > 0 and social["not_received"] == 0
+    assert social["count"] == social["received"] and social["closed_streams"] == 0
+    if broker == "redis":
+        assert social["redis_graph_bytes"] > 0
+    assert "friends graph" in printed and f"{social['received']:,} of" in printed
+
+
 def test_bench_publish_options_are_checked_before_anything_starts(tmp_path):
-    for extra, says in ((["--publish-rate", "0"], "must be positive"),
+    for extra, says in ((["--social", "15"], "needs a positive M and --publish-rate"),
+                        (["--publish-rate", "0"], "must be positive"),
                         (["--concurrency", "0"], "--concurrency must be positive"),
                         (["--publish-rate", "10", "--unread"], "nobody reads")):
         result = subprocess.run([sys.executable, "-m", "flood.bench", "--connections", "10",
