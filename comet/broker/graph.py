@@ -65,6 +65,10 @@ class Graph(Protocol):
     def followers(self, id: str) -> list[str]:
         """Every subscriber of ``id`` (at most ``max_followers``: the follow bound them)."""
 
+    def followers_many(self, ids: Sequence[str]) -> list[list[str]]:
+        """:meth:`followers` of each of ``ids``, in their order, in one round trip where
+        the graph is remote: a bulk notify reads them all before it publishes."""
+
 
 def page_of(ordered: Sequence[str], after: str | None, limit: int) -> Page:
     """The page after ``after`` of ids in order: shared by the graphs that sort in Python."""
@@ -122,6 +126,9 @@ class MemoryGraph:
 
     def followers(self, id: str) -> list[str]:
         return list(self._followers.get(id, ()))
+
+    def followers_many(self, ids: Sequence[str]) -> list[list[str]]:
+        return [self.followers(id) for id in ids]
 
     def snapshot(self) -> dict:
         """What ``/stats`` shows of the graph held in this process."""
