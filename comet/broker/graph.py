@@ -14,7 +14,7 @@ A subscriber's list is read in pages in id order, the cursor being the last id
 of the page before: stable while the list changes, the same on every broker.
 
 Nothing here knows HTTP, connections or messages: delivering a notify is the
-hub's (:meth:`comet.hub.Hub.notify`).
+hub's (:meth:`comet.hub.Hub.notify_many`).
 """
 
 from __future__ import annotations
