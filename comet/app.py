@@ -14,6 +14,7 @@ gunicorn alike. Routes (docs/usage.rst, "HTTP interface"):
 ``POST /subscribe/<subscriber>``    it follows each ``?to=`` id (``DELETE``: no more)
 ``GET /subscriptions/<id>``         whom ``<id>`` follows: a page after ``?after=``
 ``POST /notify/<id>``               deliver the body to every subscriber of ``<id>``
+``POST /notify``                    a bulk notify: one ``{"id", "message"}`` a line
 ``GET /stats``                      counters and memory as JSON (``--metrics-from`` only)
 ``GET /metrics``                    the same figures for Prometheus (``--metrics-from`` only)
 ``GET /dashboard``                  a live page of them, fed by ``/dashboard/events`` (idem)
@@ -113,6 +114,7 @@ class CometApp:
             "/": (self.page, ("GET", "HEAD")),
             "/broadcast": (self.broadcast, ("POST",)),
             "/send": (self.send_batch, ("POST",)),
+            "/notify": (self.notify_batch, ("POST",)),
             "/stats": (self.stats_json, ("GET", "HEAD")),
             "/metrics": (self.metrics, ("GET", "HEAD")),
             "/dashboard": (self.dashboard, ("GET", "HEAD")),
@@ -386,14 +388,20 @@ class CometApp:
         batch pays it once. ``delivered`` counts this process's deliveries (None
         where the broker spans processes, as for ``POST /send/<id>``).
         """
-        who = self._publisher(environ)
-        check_batch_type(environ)
-        body = read_body(environ, self.settings.max_batch, self.settings.read_timeout)
-        batch = parse_batch(body, self.settings.max_message)
-        self._within_rate(environ, who, len(batch))
+        batch = self._batch(environ, "/send")
         counts = [delivered for _, delivered in self.hub.publish_many(batch)]
         delivered = None if None in counts else sum(counts)
         return self._json(respond, {"accepted": len(batch), "delivered": delivered})
+
+    def _batch(self, environ: dict, route: str) -> list[tuple[str, bytes]]:
+        """A batch request's ``(id, message)`` lines, every one checked before any is
+        sent, within --max-batch and the publisher's rate (a message a line)."""
+        who = self._publisher(environ)
+        check_batch_type(environ, route)
+        body = read_body(environ, self.settings.max_batch, self.settings.read_timeout)
+        batch = parse_batch(body, self.settings.max_message)
+        self._within_rate(environ, who, len(batch))
+        return batch
 
     def broadcast(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
         message, delivered = self.hub.broadcast(self._message(environ))
@@ -435,8 +443,17 @@ class CometApp:
 
     def notify(self, environ: dict, respond: StartResponse, path_id: str) -> list[bytes]:
         id = check_id(path_id)
-        subscribers, delivered = self.hub.notify(id, self._message(environ))
+        subscribers, delivered = self.hub.notify_many([(id, self._message(environ))])
         return self._json(respond, {"id": id, "subscribers": subscribers,
+                                    "delivered": delivered})
+
+    def notify_batch(self, environ: dict, respond: StartResponse, _: None) -> list[bytes]:
+        """A bulk notify, for a backend acting for many users at once: each line's
+        message to every subscriber of its id, the followers of all of them read in
+        one round trip. ``subscribers`` sums each line's followers."""
+        batch = self._batch(environ, "/notify")
+        subscribers, delivered = self.hub.notify_many(batch)
+        return self._json(respond, {"accepted": len(batch), "subscribers": subscribers,
                                     "delivered": delivered})
 
     # -- pages and introspection ------------------------------------------------

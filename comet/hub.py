@@ -38,6 +38,7 @@ Nothing here knows HTTP, sockets or a transport's framing beyond asking a
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -481,31 +482,47 @@ class Hub:
         """One page of whom ``subscriber`` follows, after the cursor ``after``."""
         return self.broker.graph.following(subscriber, after, self.settings.subscriptions_page)
 
-    def notify(self, id: str, data: bytes) -> tuple[int, int | None]:
-        """``data`` to every connection of every subscriber of ``id``: how many
-        subscribers, and this process's deliveries (None where the broker spans processes).
+    def notify_many(self, items: Sequence[tuple[str, bytes]]) -> tuple[int, int | None]:
+        """Each ``(id, data)`` to every connection of every subscriber of its ``id``: how
+        many subscribers over all items, and this process's deliveries (None where the
+        broker spans processes).
 
         Each subscriber gets the message as its own, through the batch publish
         path (one script call per :data:`NOTIFY_BATCH` on one Redis): it is in
         that subscriber's history, so a resume replays it, and reaches each of
         its connections once, wherever they are. A write per subscriber, the
         price of a notify that resumes exactly like a send (docs/design.rst).
-        Raises :class:`~comet.broker.BrokerUnavailable` when it cannot; a batch
-        taken before then stays taken.
+
+        The followers of every distinct id are read first, in one round trip
+        (:meth:`~comet.broker.graph.Graph.followers_many`); the deliveries then
+        go in item order, :data:`NOTIFY_BATCH` at a time across items, so a
+        subscriber gets the items' messages in their order. What is held is
+        those follower lists (at most ``--max-followers`` per distinct id) and
+        one batch, never a list of every delivery. Raises
+        :class:`~comet.broker.BrokerUnavailable` when it cannot; a batch taken
+        before then stays taken.
         """
-        followers = self.broker.graph.followers(id)
-        self.counters.subscriptions["notifies"] += 1
+        distinct = list(dict.fromkeys(id for id, _ in items))
+        followers = dict(zip(distinct, self.broker.graph.followers_many(distinct), strict=True))
+        self.counters.subscriptions["notifies"] += len(items)
+        deliveries = ((follower, data) for id, data in items for follower in followers[id])
         delivered = 0
-        for start in range(0, len(followers), NOTIFY_BATCH):
-            batch = [(follower, data) for follower in followers[start:start + NOTIFY_BATCH]]
-            self._began()
-            try:
-                results = self.broker.publish_many(batch)
-            finally:
-                self._publish_began = None
-            self.counters.published["notify"] += len(results)
-            delivered += sum(count or 0 for _, count in results)
-        return len(followers), None if self.broker.spans_processes else delivered
+        batch = list(itertools.islice(deliveries, NOTIFY_BATCH))
+        while batch:
+            delivered += self._notify_batch(batch)
+            batch = list(itertools.islice(deliveries, NOTIFY_BATCH))
+        subscribers = sum(len(followers[id]) for id, _ in items)
+        return subscribers, None if self.broker.spans_processes else delivered
+
+    def _notify_batch(self, batch: list[tuple[str, bytes]]) -> int:
+        """One broker call of a notify's deliveries; this process's count of them."""
+        self._began()
+        try:
+            results = self.broker.publish_many(batch)
+        finally:
+            self._publish_began = None
+        self.counters.published["notify"] += len(results)
+        return sum(count or 0 for _, count in results)
 
     # -- the server's life ------------------------------------------------------------
 

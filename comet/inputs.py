@@ -144,18 +144,19 @@ def last_event_id(environ: dict, header: str | None = "HTTP_LAST_EVENT_ID",
     return value or None
 
 
-#: media types a batch publish (``POST /send``) may declare: newline-delimited JSON
+#: media types a batch (``POST /send``, ``POST /notify``) may declare: newline-delimited JSON
 BATCH_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-seq")
 
 
-def check_batch_type(environ: dict) -> None:
-    """A batch is newline-delimited JSON, said so; anything else is a 415."""
+def check_batch_type(environ: dict, route: str = "/send") -> None:
+    """A batch (``POST /send``, ``POST /notify``) is newline-delimited JSON, said so;
+    anything else is a 415."""
     declared = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if declared not in BATCH_TYPES:
         raise BadRequest("415 Unsupported Media Type",
-                         f"POST /send takes Content-Type: application/x-ndjson, "
+                         f"POST {route} takes Content-Type: application/x-ndjson, "
                          f"not {declared[:40]!r}: one {{\"id\", \"message\"}} a line "
-                         "(or POST /send/<id> with the message as the body)")
+                         f"(or POST {route}/<id> with the message as the body)")
 
 
 def parse_batch(body: bytes, max_message: int) -> list[tuple[str, bytes]]:

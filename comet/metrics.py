@@ -94,7 +94,7 @@ def _messages(s: dict) -> Iterator[Metric]:
     published = s.get("published", {})
     yield _by("comet_messages_published", "messages published through this server, by "
               "path: send (POST /send/<id>), batch (lines of POST /send), broadcast, notify (one "
-              "per subscriber of POST /notify/<id>)", "path",
+              "per subscriber of POST /notify/<id> and of each line of POST /notify)", "path",
               {p: published.get(p, 0) for p in PUBLISH_PATHS})
     messages = s.get("messages", {})
     deliveries = s.get("deliveries", {})

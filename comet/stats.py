@@ -36,7 +36,7 @@ class Counters:
         #: refusals for a limit are in ``limits``
         self.refusals: Counter = Counter()
         #: messages published here, by how: one ``/send/<id>``, the lines of a batch
-        #: ``/send``, a ``/broadcast``, one per subscriber of a ``/notify`` (a fixed set
+        #: ``/send``, a ``/broadcast``, one per subscriber of a ``/notify`` line (a fixed set
         #: of keys: one dict lookup a publish)
         self.published = dict.fromkeys(PUBLISH_PATHS, 0)
         #: resumes (a Last-Event-ID, a long-poll's since), by whether history covered
@@ -70,7 +70,8 @@ class Counters:
         #: "connections per address", "request head too slow", ...
         self.limits: Counter = Counter()
         #: subscriptions between users: relations made (``follows``) and undone
-        #: (``unfollows``) through this process, ``notifies`` handled here
+        #: (``unfollows``) through this process, ``notifies`` handled here (one per
+        #: line of a bulk ``/notify``)
         self.subscriptions = dict.fromkeys(("follows", "unfollows", "notifies"), 0)
 
     @property

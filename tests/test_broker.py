@@ -285,3 +285,15 @@ def test_a_follow_over_either_limit_changes_nothing(broker):
     assert graph.following("ann", None, 10) == (["a", "b"], None)
     assert graph.following("cat", None, 10) == ([], None)
     assert graph.followers("new") == []
+
+
+def test_the_followers_of_many_ids_come_in_their_order_in_one_read(broker):
+    graph = broker.graph
+    graph.follow("ann", ["star", "moon"], 10, 10)
+    graph.follow("bob", ["star"], 10, 10)
+    found = graph.followers_many(["star", "nobody", "moon", "star"])
+    assert [sorted(followers) for followers in found] == [
+        ["ann", "bob"], [], ["ann"], ["ann", "bob"]]
+    assert graph.followers_many([]) == []
+    graph.unfollow("bob", ["star"])
+    assert graph.followers_many(["star"]) == [["ann"]]

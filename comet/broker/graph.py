@@ -14,7 +14,7 @@ A subscriber's list is read in pages in id order, the cursor being the last id
 of the page before: stable while the list changes, the same on every broker.
 
 Nothing here knows HTTP, connections or messages: delivering a notify is the
-hub's (:meth:`comet.hub.Hub.notify`).
+hub's (:meth:`comet.hub.Hub.notify_many`).
 """
 
 from __future__ import annotations
@@ -64,6 +64,10 @@ class Graph(Protocol):
 
     def followers(self, id: str) -> list[str]:
         """Every subscriber of ``id`` (at most ``max_followers``: the follow bound them)."""
+
+    def followers_many(self, ids: Sequence[str]) -> list[list[str]]:
+        """:meth:`followers` of each of ``ids``, in their order, in one round trip where
+        the graph is remote: a bulk notify reads them all before it publishes."""
 
 
 def page_of(ordered: Sequence[str], after: str | None, limit: int) -> Page:
@@ -122,6 +126,9 @@ class MemoryGraph:
 
     def followers(self, id: str) -> list[str]:
         return list(self._followers.get(id, ()))
+
+    def followers_many(self, ids: Sequence[str]) -> list[list[str]]:
+        return [self.followers(id) for id in ids]
 
     def snapshot(self) -> dict:
         """What ``/stats`` shows of the graph held in this process."""

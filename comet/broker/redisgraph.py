@@ -122,6 +122,19 @@ class RedisGraph:
         return [_text(s) for s in self._run(
             lambda c: c.smembers(followers_key(self.prefix, id)))]
 
+    def followers_many(self, ids: Sequence[str]) -> list[list[str]]:
+        """One pipeline of SMEMBERS: every key is in the ``{graph}`` slot, so on a
+        cluster too it is one node and one round trip."""
+        if not ids:
+            return []
+
+        def read(client) -> list:
+            pipe = client.pipeline(transaction=False)
+            for id in ids:
+                pipe.smembers(followers_key(self.prefix, id))
+            return pipe.execute()
+        return [[_text(s) for s in found] for found in self._run(read)]
+
     def _call(self, lua: str, keys: list[str], args: list):
         def run(client):
             script = self._scripts.get(lua)
