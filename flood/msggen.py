@@ -70,10 +70,11 @@ class Tally:
 
 
 def fan_out_summary(counts: Counter, subscribers: int, notifies: int) -> dict:
-    """Followers per notify: the mean always; percentiles when each was answered alone."""
+    """Followers per notify: the mean always; percentiles when every notify was answered
+    alone (a bulk answer sums its lines: some requests alone would be a skewed sample)."""
     summary = {"mean": round(subscribers / notifies, 2) if notifies else None}
     total = sum(counts.values())
-    if total:
+    if total and total == notifies:
         ranked = sorted(counts.items())
         for name, share in (("p50", 0.5), ("p99", 0.99)):
             seen, rank = 0, share * total

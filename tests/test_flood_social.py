@@ -79,6 +79,7 @@ def test_the_fan_out_summary_reads_percentiles_from_counts():
     assert fan_out_summary(counts, 50 * 3 + 9 * 100 + 900, 100) == {
         "mean": 19.5, "p50": 3, "p99": 100, "max": 900}
     assert fan_out_summary(Counter(), 30, 10) == {"mean": 3.0}
+    assert fan_out_summary(Counter({3: 2}), 30, 10) == {"mean": 3.0}  # 8 came in bulk
 
 
 @pytest.mark.parametrize("batch", [1, 5])  # POST /notify/<id>, or bulk POST /notify
