@@ -12,7 +12,7 @@ import websocket
 from tests.realserver import RealServer, post, subscribed
 from tests.sse import open_events
 from tests.test_subscriptions import broker_args, follow
-from tests.workerservers import WorkersServer
+from tests.workerservers import WorkersServer, one_id_on_every_worker
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -113,15 +113,7 @@ def test_across_two_workers_in_line_order_once_and_a_resume_replays_it(redis_ser
     try:
         follow(srv, "fan1", "star", "moon")
         follow(srv, "fan2", "moon")
-        streams = []
-        while True:  # fan1's connections until both workers hold some
-            streams.append(open_events(srv.port, "/events/fan1"))
-            count = len(streams)
-            held = srv.wait_for(lambda s, n=count: s["connections"].get("events", 0) == n,
-                                what="every connection open")
-            if all(w["connections"].get("events", 0) for w in held["workers"]):
-                break
-            assert count < 64, "fan1's connections never reached both workers"
+        streams = one_id_on_every_worker(srv, "/events/fan1")
         fan2 = open_events(srv.port, "/events/fan2")
         srv.wait_for(lambda s: s["broker"]["subscribed_ids"] == 3, what="fan1 on both, fan2")
         answer = bulk(srv, ("star", "one"), ("moon", "two"), ("star", "three"))

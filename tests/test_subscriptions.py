@@ -12,7 +12,7 @@ from redis.crc import key_slot
 from comet.broker.redisgraph import followers_key, following_key
 from tests.realserver import RealServer, post, subscribed
 from tests.sse import open_events
-from tests.workerservers import WorkersServer
+from tests.workerservers import WorkersServer, one_id_on_every_worker
 
 #: small limits, so that every limit is reached in a few requests
 LIMITS = ("--max-following", "5", "--max-followers", "3", "--max-follow-ids", "4",
@@ -184,15 +184,7 @@ def test_across_two_workers_a_notify_reaches_every_connection_exactly_once(redis
     try:
         for fan in ("fan1", "fan2"):
             assert follow(srv, fan, "star").status_code == 200
-        streams = []
-        while True:  # fan1's connections until both workers hold some
-            streams.append(open_events(srv.port, "/events/fan1"))
-            count = len(streams)
-            held = srv.wait_for(lambda s, n=count: s["connections"].get("events", 0) == n,
-                                what="every connection open")
-            if all(w["connections"].get("events", 0) for w in held["workers"]):
-                break
-            assert count < 64, "fan1's connections never reached both workers"
+        streams = one_id_on_every_worker(srv, "/events/fan1")
         streams.append(open_events(srv.port, "/events/fan2"))
         srv.wait_for(lambda s: s["broker"]["subscribed_ids"] == 3, what="fan1 on both, fan2")
         assert post(srv, "/notify/star", b"now playing")["subscribers"] == 2

@@ -91,3 +91,16 @@ def events_on_every_worker(srv: WorkersServer, most: int = 64) -> list:
         if all(w["connections"].get("events", 0) > 0 for w in held["workers"]):
             return streams
     raise AssertionError(f"{most} subscribers did not reach every worker: {srv.stats()}")
+
+
+def one_id_on_every_worker(srv: WorkersServer, path: str, most: int = 64) -> list:
+    """SSE connections to one ``path`` (one id) until every worker holds at least one."""
+    streams = []
+    while len(streams) < most:
+        streams.append(open_events(srv.port, path))
+        count = len(streams)
+        held = srv.wait_for(lambda s, n=count: s["connections"].get("events", 0) == n,
+                            what="every connection open")
+        if all(w["connections"].get("events", 0) for w in held["workers"]):
+            return streams
+    raise AssertionError(f"{most} connections to {path} did not reach every worker")
