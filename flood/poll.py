@@ -2,7 +2,7 @@
 
 Theory of operation: ``GET /poll/<id>?since=<last>`` is answered once (JSON
 ``{"messages": [{"id", "data"}], "last": ...}``), then the client asks again with
-``since=<last>`` on the same keep-alive connection. The connecting greenlet only
+``since=<last>`` on the same keep-alive connection. The connector (:mod:`flood.connect`) only
 connects and sends the first request; :class:`PollDecoder` then lives in the epoll
 reader like any held stream: it parses each answer's head and body (chunked, through
 :class:`~flood.chunked.ChunkedDecoder`, or ``Content-Length``), returns its messages,

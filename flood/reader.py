@@ -1,9 +1,9 @@
 """The epoll reader: held streams read without a greenlet each, one reader greenlet per process.
 
 Why: a parked greenlet costs about 8 KB here, and the flood's budget is 1 KB per held
-connection. So greenlets only connect and read the response head (:mod:`flood.connect`);
-then the socket's file descriptor is detached from gevent and handed to the
-:class:`Reader`. A held stream is a :class:`Stream` record (three slots) plus its
+connection. So :mod:`flood.connect` opens the connection and reads the response head
+(with no greenlet per connection either); then the socket's file descriptor is handed
+to the :class:`Reader`. A held stream is a :class:`Stream` record (three slots) plus its
 decoder; the kernel keeps the socket. The reader greenlet sleeps on the epoll file
 descriptor through gevent's hub (an epoll fd is itself pollable), wakes when any
 stream has bytes, and reads each ready descriptor once per round.
@@ -23,7 +23,7 @@ from flood.stats import Counters
 
 #: Bytes read from one ready stream per round; a tick or a message is far smaller.
 READ_SIZE = 65536
-#: Ready streams handled per round before yielding to the connecting greenlets.
+#: Ready streams handled per round before yielding to the other greenlets (the connector's).
 ROUND = 1024
 
 _EVENTS = select.EPOLLIN | select.EPOLLRDHUP

@@ -43,7 +43,7 @@ class StreamTransport:
 
     name = "stream"
     path = "/test/"       #: the server's path for this transport (bench, flood.urls read it)
-    reads_head = True     #: the connecting greenlet reads and checks the response head
+    reads_head = True     #: the connector reads and checks the response head
 
     def request(self, dest: Destination) -> bytes:
         return head.request(dest.host, dest.port, dest.path)

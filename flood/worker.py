@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field
 
 import gevent
 import gevent.event
-import gevent.pool
 
 from flood import transport as transports
 from flood.connect import Connector
@@ -38,7 +37,7 @@ class Plan:
     start_at: float = 0.0          #: wall-clock start of the schedule (0 = now)
     duration: float | None = None  #: seconds from start_at, then stop
     sources: list[str] = field(default_factory=list)
-    concurrency: int = 256         #: connections being opened at once (the gevent pool)
+    concurrency: int = 256         #: connections being opened at once (flood.connect)
     timeout: float = 10.0          #: connect + request + head, seconds
     transport: str = "stream"
     emit_every: float = 1.0        #: seconds between snapshots sent to the parent
@@ -88,8 +87,7 @@ class Flood:
         self.closed_lines = ClosedLines(out, plan.closed_lines)
         self.reader = Reader(self.counters, self.closed_lines, plan.unread)
         self.connector = Connector(self.counters, self.reader, transports.get(plan.transport),
-                                   self.closed_lines, plan.timeout)
-        self.pool = gevent.pool.Pool(plan.concurrency)
+                                   self.closed_lines, plan.timeout, plan.concurrency)
         self.stopped = gevent.event.Event()
         self.started = 0.0
 
@@ -110,11 +108,11 @@ class Flood:
                 if delay > 0:
                     gevent.sleep(delay)
             source = sources[k % len(sources)] if sources else None
-            self.pool.spawn(self.connector.open, url, source)
+            self.connector.open(url, source)
 
     def _finished(self, ramp: gevent.Greenlet) -> bool:
         """Nothing left to do: every URL tried, none connecting, none held."""
-        return ramp.dead and not len(self.pool) and not len(self.reader)
+        return ramp.dead and not len(self.connector) and not len(self.reader)
 
     def run(self, on_tick: Callable[[], None] | None = None, tick: float = 1.0) -> dict:
         """Flood until the duration ends, :meth:`stop` is called, or nothing is left to do."""
@@ -123,6 +121,7 @@ class Flood:
         self.counters.rss_ready = own_rss()
         deadline = self.started + plan.duration if plan.duration is not None else None
         self.reader.start()
+        self.connector.start()
         ramp = gevent.spawn(self._ramp)
         next_tick = time.time() + tick
         try:
@@ -138,7 +137,7 @@ class Flood:
                 self.stopped.wait(min(0.05, max(next_tick - now, 0.001)))
         finally:
             ramp.kill()
-            self.pool.kill(timeout=2)
+            self.connector.close_all()
             self.closed_lines.flush()
             self.reader.close_all()
         return self.snapshot()

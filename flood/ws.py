@@ -1,6 +1,6 @@
 """WebSocket for the flood (RFC 6455): the opening handshake and a strict frame decoder.
 
-Theory of operation: the connecting greenlet sends the GET with a fresh random
+Theory of operation: the connector (:mod:`flood.connect`) sends the GET with a fresh random
 ``Sec-WebSocket-Key`` (:func:`request_fields`) and checks the ``101`` head, including
 ``Sec-WebSocket-Accept`` (:func:`check_upgrade`). From then on the socket belongs
 to the epoll reader and :class:`WsDecoder` turns bytes into messages, with no
