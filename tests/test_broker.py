@@ -49,13 +49,27 @@ def memory_broker(request) -> MemoryBroker:
 def redis_broker(request):
     from comet.broker.redis import RedisBroker
     server = request.getfixturevalue("redis_server")
-    return RedisBroker(server.url, history=3, history_ttl=60.0)
+    broker = RedisBroker(server.url, history=3, history_ttl=60.0)
+    broker.pause_writes = lambda ms: pause_writes([server.url], ms)
+    return broker
 
 
 def redis_cluster_broker(request):
     from comet.broker.rediscluster import RedisClusterBroker
     cluster = request.getfixturevalue("redis_cluster")
-    return RedisClusterBroker(cluster.url, history=3, history_ttl=60.0)
+    broker = RedisClusterBroker(cluster.url, history=3, history_ttl=60.0)
+    broker.pause_writes = lambda ms: pause_writes([node.url for node in cluster.nodes], ms)
+    return broker
+
+
+def pause_writes(urls: list[str], ms: int) -> None:
+    """``CLIENT PAUSE ms WRITE`` on each Redis: write scripts wait there that long, so
+    calls are surely in flight together (on an idle machine a reply can be back before
+    the caller's greenlet yields, and then nothing ever meets in flight)."""
+    import redis
+    for url in urls:
+        with redis.Redis.from_url(url) as admin:
+            admin.client_pause(ms, all=False)
 
 
 BROKERS = {"memory": memory_broker, "redis": redis_broker, "redis-cluster": redis_cluster_broker}
@@ -221,6 +235,8 @@ def test_concurrent_publishers_each_get_their_own_messages_in_their_order(broker
     def publish_in_turn(n: int) -> list[Message]:
         return [broker.publish(f"p{n}", f"{n}.{k}".encode())[0] for k in range(each)]
 
+    if hasattr(broker, "pause_writes"):
+        broker.pause_writes(200)  # the first publish waits in Redis; the others meet it
     jobs = [gevent.spawn(publish_in_turn, n) for n in range(publishers)]
     gevent.joinall(jobs, raise_error=True)
     for n, job in enumerate(jobs):
