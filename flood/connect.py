@@ -36,7 +36,7 @@ from collections.abc import Callable
 import gevent
 import gevent.event
 
-from flood import head
+from flood import epollrounds, head
 from flood.reader import Reader
 from flood.sources import bind_source
 from flood.stats import Counters
@@ -46,8 +46,6 @@ from flood.urls import BadUrl, parse_url
 HEAD_READ = 4096
 #: Seconds between looks for openings past their deadline.
 TIMEOUT_CHECK = 0.05
-#: Ready openings handled per round before yielding to the other greenlets.
-ROUND = 1024
 #: Seconds between rounds while openings keep arriving: each wake-up costs a context
 #: switch, a few through gevent's hub and an ``epoll_wait``, so a round takes what
 #: the last millisecond brought instead of waking once per connection.
@@ -185,26 +183,21 @@ class Connector:
         return OSError(err, os.strerror(err)) if err else None
 
     def _run(self) -> None:
-        hub = gevent.get_hub()
-        watcher = hub.loop.io(self._epoll.fileno(), 1)
-        while True:
-            events = self._epoll.poll(0, ROUND)
-            if not events:
-                hub.wait(watcher)
+        epollrounds.serve(self._epoll, self._round, ROUND_GAP)
+
+    def _round(self, events: list[tuple[int, int]]) -> None:
+        for fd, _mask in events:
+            opening = self._openings.get(fd)
+            if opening is None:
                 continue
-            for fd, _mask in events:
-                opening = self._openings.get(fd)
-                if opening is None:
-                    continue
-                if opening.unsent:
-                    error = self._connect_error(opening)
-                    if error is not None:
-                        self._fail(opening, error)
-                    else:
-                        self._send(opening)
+            if opening.unsent:
+                error = self._connect_error(opening)
+                if error is not None:
+                    self._fail(opening, error)
                 else:
-                    self._read(opening)
-            gevent.sleep(ROUND_GAP)
+                    self._send(opening)
+            else:
+                self._read(opening)
 
     def _watch_deadlines(self) -> None:
         """Fail each opening whose phase outlived ``timeout``; the set is at most

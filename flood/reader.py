@@ -18,13 +18,12 @@ from collections.abc import Callable
 
 import gevent
 
+from flood import epollrounds
 from flood.chunked import DecodeError
 from flood.stats import Counters
 
 #: Bytes read from one ready stream per round; a tick or a message is far smaller.
 READ_SIZE = 65536
-#: Ready streams handled per round before yielding to the other greenlets (the connector's).
-ROUND = 1024
 
 _EVENTS = select.EPOLLIN | select.EPOLLRDHUP
 
@@ -74,19 +73,14 @@ class Reader:
             self._consume(stream, already, time.time())
 
     def _run(self) -> None:
-        hub = gevent.get_hub()
-        watcher = hub.loop.io(self._epoll.fileno(), 1)
-        while True:
-            events = self._epoll.poll(0, ROUND)
-            if not events:
-                hub.wait(watcher)
-                continue
-            now = time.time()
-            for fd, _mask in events:
-                stream = self._streams.get(fd)
-                if stream is not None:
-                    self._read(stream, now)
-            gevent.sleep(0)
+        epollrounds.serve(self._epoll, self._round)
+
+    def _round(self, events: list[tuple[int, int]]) -> None:
+        now = time.time()
+        for fd, _mask in events:
+            stream = self._streams.get(fd)
+            if stream is not None:
+                self._read(stream, now)
 
     def _read(self, stream: Stream, now: float) -> None:
         try:

@@ -21,6 +21,7 @@ def live_greenlets() -> int:
 
 def test_held_streams_are_read_without_a_greenlet_each():
     seen = {}
+    before = live_greenlets()  # what earlier tests of this process left running
     with chunk_server() as port:
         urls = [f"http://127.0.0.1:{port}/good/{i}" for i in range(300)]
         flood = Flood(Plan(duration=1.5, concurrency=50), urls, lambda line: None)
@@ -33,7 +34,7 @@ def test_held_streams_are_read_without_a_greenlet_each():
         final = flood.run(on_tick=look, tick=0.1)
     assert final["active"] == 300 and final["closed"] == 0
     # 300 server handlers live in this process too; the flood adds only a handful
-    assert seen["greenlets"] < 300 + 20
+    assert seen["greenlets"] - before < 300 + 20
     assert final["chunks"] > seen["chunks_then"]  # the streams kept being read
 
 
