@@ -226,6 +226,10 @@ SETTINGS: tuple[Setting, ...] = (
             "on: an idle connection (stream, SSE, WebSocket, waiting long-poll) keeps no "
             "greenlet, only a small record whose socket the router writes to; off: one "
             "greenlet per connection sleeps in its response iterator, as in the seed"),
+    Setting("fast_path", on_off, True,
+            "on: POST and DELETE requests (publishing, following) that arrive whole are "
+            "parsed with httptools and answered in one write; off: pywsgi parses every "
+            "request (gunicorn's workers always do)"),
     Setting("heartbeat", positive_float, 15.0,
             "seconds between SSE comment heartbeats and WebSocket pings"),
     Setting("sse_retry", positive_int, 2000,

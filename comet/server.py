@@ -24,7 +24,7 @@ import gevent.pool
 from gevent import pywsgi, socket
 from geventwebsocket.handler import WebSocketHandler
 
-from comet import config, limits, publishers, tokens
+from comet import config, fastpath, limits, publishers, tokens
 from comet.app import CometApp
 from comet.broker import BrokerUnavailable
 from comet.ends import CLIENT_GONE
@@ -66,6 +66,9 @@ class CometHandler(WebSocketHandler):
     read_timeout = 30.0
     #: let streams leave their greenlet once the headers are out; from --hibernate
     hibernate = True
+    #: answer POST and DELETE requests that arrive whole on httptools; from --fast-path
+    #: (off under gunicorn, whose handler logs and extends the environ its own way)
+    fast_path = False
 
     def handle(self) -> None:
         self.socket.settimeout(self.read_timeout)
@@ -73,6 +76,13 @@ class CometHandler(WebSocketHandler):
         # client's delayed ACK hold each keep-alive answer ~40 ms (seen by msggen).
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            if self.fast_path:
+                rest = fastpath.serve(self)
+                if rest is None:  # done: the file first, or the socket's close waits for it
+                    self.rfile.close()
+                    self.socket.close()
+                    return
+                self.rfile = fastpath.replaying(rest, self.rfile)
             super().handle()
         except ConnectionError as exc:
             # pywsgi writes its refusals (400, 414, 408) unguarded: the client that
@@ -192,13 +202,17 @@ class CometHandler(WebSocketHandler):
         try:
             return super().read_requestline()
         except TimeoutError:
-            if self.requests:
-                log.info("closing %s: no request within %g s", self._client(),
-                         self.read_timeout)
-            else:
-                self._refuse(limits.HEAD_TOO_SLOW, "closing %s: no request within %g s",
-                             self._client(), self.read_timeout)
+            self.no_request_in_time()
             raise
+
+    def no_request_in_time(self) -> None:
+        """--read-timeout passed with no request: a refusal before the first, after one
+        an idle keep-alive connection closing."""
+        if self.requests:
+            log.info("closing %s: no request within %g s", self._client(), self.read_timeout)
+        else:
+            self._refuse(limits.HEAD_TOO_SLOW, "closing %s: no request within %g s",
+                         self._client(), self.read_timeout)
 
     def _check_http_version(self) -> bool:
         """pywsgi's check, strictly: ``HTTP/1.<digit>`` (or the 0.9 it sets itself).
@@ -281,6 +295,16 @@ class CometHandler(WebSocketHandler):
                       extra={"event": "request", "peer": self._client(),
                              "status": getattr(self, "code", None)})
 
+    def log_fast_request(self, environ: dict) -> None:
+        """The access line (DEBUG) of a request the fast path answered."""
+        if log.isEnabledFor(logging.DEBUG):
+            query = environ["QUERY_STRING"]
+            line = f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}"
+            if query:
+                line += "?" + query
+            log.debug("%s - \"%s HTTP/1.1\" %s", self._client(), tokens.redacted(line), self.code,
+                      extra={"event": "request", "peer": self._client(), "status": self.code})
+
     def format_request(self) -> str:
         """pywsgi's access log line, whose request line carries the query string: a
         subscriber's ``?token=`` is hidden in it (``token=[redacted]``)."""
@@ -309,7 +333,8 @@ def make_server(settings: config.Settings, app: CometApp,
     if listener is None:
         listener = listen(settings.host, settings.port, backlog(settings))
     handler = type("Handler", (CometHandler,), {"read_timeout": settings.read_timeout,
-                                                "hibernate": settings.hibernate})
+                                                "hibernate": settings.hibernate,
+                                                "fast_path": settings.fast_path})
     # With hibernation a request's greenlet lives only until its connection sleeps,
     # so a bounded pool bounds the logins in flight: beyond it new connections wait
     # in the listen backlog (gevent stops accepting while the pool is full) rather
