@@ -82,7 +82,8 @@ class CometHandler(WebSocketHandler):
                     self.rfile.close()
                     self.socket.close()
                     return
-                self.rfile = fastpath.replaying(rest, self.rfile)
+                if rest:  # a request after fast ones: what was read of it goes first
+                    self.rfile = fastpath.replaying(rest, self.rfile)
             super().handle()
         except ConnectionError as exc:
             # pywsgi writes its refusals (400, 414, 408) unguarded: the client that

@@ -197,3 +197,28 @@ def test_an_idle_connection_is_closed_after_the_read_timeout(servers):
 def test_nothing_in_either_log_is_a_traceback(servers):
     for server in servers:
         assert "Traceback" not in server.log_text()
+
+
+def test_keep_alive_publishers_waiting_between_requests_do_not_block_new_connections():
+    """--max-handshakes bounds the requests worked on, not the keep-alive connections
+    that wait for their next one: with room for 2, five idle publishers leave a new
+    subscriber room, and each publisher's next request on its own connection is
+    answered. (Held in the pool, the third publisher would wait in the listen backlog
+    until --read-timeout closed one of the first two.)"""
+    server = RealServer("--max-handshakes", "2", "--read-timeout", "60",
+                        "--interval", "60").start()
+    try:
+        publishers = [connect(server) for _ in range(5)]
+        readers = [sock.makefile("rb") for sock in publishers]
+        for sock, reader in zip(publishers, readers, strict=True):
+            sock.sendall(request(b"POST", b"/send/a"))
+            assert read_answer(reader)[0] == b"HTTP/1.1 200 OK"
+        with connect(server) as stream:
+            stream.sendall(b"GET /events/a HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert stream.makefile("rb").readline() == b"HTTP/1.1 200 OK\r\n"
+        for sock, reader in zip(publishers, readers, strict=True):
+            sock.sendall(request(b"POST", b"/send/a"))
+            assert read_answer(reader)[0] == b"HTTP/1.1 200 OK"
+            sock.close()
+    finally:
+        server.stop()
