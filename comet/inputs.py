@@ -7,6 +7,8 @@ writes a response.
 
 from __future__ import annotations
 
+import functools
+import io
 import ipaddress
 import json
 import re
@@ -94,7 +96,10 @@ def page_cursor(query_string: str) -> str | None:
     return values[0]
 
 
+@functools.lru_cache(maxsize=4096)
 def is_loopback(address: str) -> bool:
+    """Is ``address`` (a REMOTE_ADDR) on this host? Asked on every publish; a
+    publisher comes from a few addresses, so the answer is kept (bounded)."""
     try:
         return ipaddress.ip_address(address.split("%")[0]).is_loopback
     except ValueError:
@@ -113,9 +118,13 @@ def read_body(environ: dict, limit: int, timeout: float) -> bytes:
             raise BadRequest("413 Content Too Large",
                              f"message of {length} bytes is over the {limit} byte limit",
                              (("Connection", "close"),))
+    stream = environ["wsgi.input"]
     try:
-        with gevent.Timeout(timeout):
-            body = environ["wsgi.input"].read(limit + 1)
+        if isinstance(stream, io.BytesIO):  # read whole already (comet.fastpath)
+            body = stream.read(limit + 1)
+        else:
+            with gevent.Timeout(timeout):
+                body = stream.read(limit + 1)
     except gevent.Timeout:
         raise BadRequest("408 Request Timeout",
                          f"body not received within {timeout:g} s",
