@@ -6,7 +6,8 @@ bytes over raw sockets; their answers must be the same (status, headers but
 hands to pywsgi. Then what only the fast path does: keep-alive and pipelining,
 a GET after a POST on one connection (the bytes replayed to pywsgi, a stream
 that then hibernates and is delivered to), a head or body in pieces, an idle
-connection closed after --read-timeout.
+connection closed after --read-timeout, and keep-alive publishers that wait
+between requests without holding the server's --max-handshakes slots.
 """
 
 from __future__ import annotations
