@@ -24,7 +24,7 @@ import gevent.pool
 from gevent import pywsgi, socket
 from geventwebsocket.handler import WebSocketHandler
 
-from comet import config, fastpath, limits, publishers, tokens
+from comet import config, fastpath, gate, limits, publishers, tokens
 from comet.app import CometApp
 from comet.broker import BrokerUnavailable
 from comet.ends import CLIENT_GONE
@@ -341,10 +341,14 @@ def make_server(settings: config.Settings, app: CometApp,
     # in the listen backlog (gevent stops accepting while the pool is full) rather
     # than each wait longer for the broker. In the plain life every connection keeps
     # its greenlet: unbounded there, only so that stop() can wait for the handlers.
+    # A connection enters that pool once it has sent something (comet.gate): silent
+    # ones must not hold it.
     pool = gevent.pool.Pool(settings.max_handshakes if settings.hibernate else None)
-    server = pywsgi.WSGIServer(listener, app, handler_class=handler, spawn=pool,
-                               log=logging.getLogger("comet.access"),
-                               error_log=logging.getLogger("comet.error"))
+    server_class = gate.GatedWSGIServer if settings.hibernate else pywsgi.WSGIServer
+    server = server_class(listener, app, handler_class=handler, spawn=pool,
+                          log=logging.getLogger("comet.access"),
+                          error_log=logging.getLogger("comet.error"))
+    server.first_bytes_timeout = settings.read_timeout
     server.pre_start_hook = app.refuses_websocket
     return server
 
