@@ -161,7 +161,8 @@ SETTINGS: tuple[Setting, ...] = (
             "requests one process handles at once with --hibernate on (new connections "
             "wait in the listen backlog beyond it): a crowd is taken at the pace the "
             "process can log it in, never so many at once that logins time out; a "
-            "keep-alive connection waiting for its next POST or DELETE does not count"),
+            "connection that has sent nothing yet, or a keep-alive one waiting for its "
+            "next POST or DELETE, does not count"),
     Setting("queue_limit", positive_int, 256,
             "messages queued per connection at most; a reader that falls further "
             "behind is dropped as a slow consumer"),
