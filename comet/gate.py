@@ -23,11 +23,10 @@ from __future__ import annotations
 import logging
 import socket
 from collections import deque
+from collections.abc import Callable
 
 import gevent
 from gevent import pywsgi
-
-from comet.limits import HEAD_TOO_SLOW
 
 log = logging.getLogger("comet.server")
 
@@ -37,6 +36,9 @@ class GatedWSGIServer(pywsgi.WSGIServer):
 
     #: seconds a connection may stay silent before it is refused; from --read-timeout
     first_bytes_timeout = 30.0
+    #: called with the address of a connection closed for its silence (counts and logs
+    #: it as the handler does a slow request line); set by comet.server.make_server
+    refuse_silent: Callable[[tuple], None] | None = None
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -73,7 +75,8 @@ class GatedWSGIServer(pywsgi.WSGIServer):
 
         def silent_too_long() -> None:
             done()
-            self._refuse_silent(address)
+            if self.refuse_silent is not None:
+                self.refuse_silent(address)
             sock.close()
 
         watcher.start(readable)
@@ -95,15 +98,6 @@ class GatedWSGIServer(pywsgi.WSGIServer):
             super().do_handle(sock, address)
         except Exception:  # it closed the socket; as gevent's accept loop, go on
             log.exception("starting the connection from %s failed", address[0])
-
-    def _refuse_silent(self, address) -> None:
-        peer = address[0] if isinstance(address, tuple) else str(address)
-        message = "closing %s: no request within %g s"
-        hub = getattr(self.application, "hub", None)
-        if hub is not None:
-            hub.refuse(HEAD_TOO_SLOW, message, peer, self.first_bytes_timeout, peer=peer)
-        else:
-            log.info(message, peer, self.first_bytes_timeout)
 
     def stop(self, timeout=None) -> None:
         """Stop, closing what still waits here: no request of theirs has started."""

@@ -33,6 +33,9 @@ from comet.hostlimits import connections_per_process, raise_open_files_limit, st
 
 log = logging.getLogger("comet.server")
 
+#: the line of a connection closed for sending no request within --read-timeout
+NO_REQUEST = "closing %s: no request within %g s"
+
 #: the request versions served: 1.0 and 1.1 (a later 1.x is answered as 1.1, RFC 9110
 #: 2.5), and the 0.9 that pywsgi sets for a request line without a version
 HTTP_VERSION = re.compile(r"HTTP/1\.[0-9]|HTTP/0\.9")
@@ -210,10 +213,9 @@ class CometHandler(WebSocketHandler):
         """--read-timeout passed with no request: a refusal before the first, after one
         an idle keep-alive connection closing."""
         if self.requests:
-            log.info("closing %s: no request within %g s", self._client(), self.read_timeout)
+            log.info(NO_REQUEST, self._client(), self.read_timeout)
         else:
-            self._refuse(limits.HEAD_TOO_SLOW, "closing %s: no request within %g s",
-                         self._client(), self.read_timeout)
+            self._refuse(limits.HEAD_TOO_SLOW, NO_REQUEST, self._client(), self.read_timeout)
 
     def _check_http_version(self) -> bool:
         """pywsgi's check, strictly: ``HTTP/1.<digit>`` (or the 0.9 it sets itself).
@@ -260,13 +262,7 @@ class CometHandler(WebSocketHandler):
         return super()._handle_client_error(ex)
 
     def _refuse(self, kind: str, message: str, *args) -> None:
-        """A request over a limit of the HTTP layer: counted by the hub and logged once
-        per burst (a server with another application only logs it)."""
-        hub = getattr(self.server.application, "hub", None)
-        if hub is not None:
-            hub.refuse(kind, message, *args, peer=self._client())
-        else:
-            log.info(message, *args)
+        refuse(self.server.application, kind, message, *args, peer=self._client())
 
     def log_error(self, msg: str, *args) -> None:
         """pywsgi's own error lines (a malformed request line quoted whole among them),
@@ -287,8 +283,7 @@ class CometHandler(WebSocketHandler):
         super().handle_error(t, v, tb)
 
     def _client(self) -> str:
-        address = self.client_address
-        return address[0] if isinstance(address, tuple) else str(address)
+        return peer_name(self.client_address)
 
     def log_request(self) -> None:
         if log.isEnabledFor(logging.DEBUG):
@@ -329,6 +324,21 @@ def backlog(settings: config.Settings) -> int:
     return min(65535, max(1024, settings.max_connections))
 
 
+def peer_name(address) -> str:
+    """A client's address as log lines and counters name it: the host of (host, port)."""
+    return address[0] if isinstance(address, tuple) else str(address)
+
+
+def refuse(application, kind: str, message: str, *args, peer: str) -> None:
+    """A request over a limit of the HTTP layer: counted by the hub and logged once
+    per burst (a server with another application only logs it)."""
+    hub = getattr(application, "hub", None)
+    if hub is not None:
+        hub.refuse(kind, message, *args, peer=peer)
+    else:
+        log.info(message, *args)
+
+
 def make_server(settings: config.Settings, app: CometApp,
                 listener: socket.socket | None = None) -> pywsgi.WSGIServer:
     if listener is None:
@@ -348,7 +358,15 @@ def make_server(settings: config.Settings, app: CometApp,
     server = server_class(listener, app, handler_class=handler, spawn=pool,
                           log=logging.getLogger("comet.access"),
                           error_log=logging.getLogger("comet.error"))
-    server.first_bytes_timeout = settings.read_timeout
+    if isinstance(server, gate.GatedWSGIServer):
+        server.first_bytes_timeout = settings.read_timeout
+
+        def refuse_silent(address) -> None:
+            peer = peer_name(address)
+            refuse(app, limits.HEAD_TOO_SLOW, NO_REQUEST, peer, settings.read_timeout,
+                   peer=peer)
+
+        server.refuse_silent = refuse_silent
     server.pre_start_hook = app.refuses_websocket
     return server
 
